@@ -1,0 +1,141 @@
+//! The per-subscriber forwarding decision: drop, or forward with which
+//! sequence number, timestamp and payload type. Pure: it sees the packet and
+//! the subscriber's state and returns a `Decision`; the node applies it.
+
+use std::time::Instant;
+
+use str0m::media::Pt;
+
+use super::codec::CodecKind;
+use super::rewrite::{InPacket, RewriteDrop, SourceKey, StreamRewriter};
+use super::DropReason;
+
+/// What the router knows about one incoming packet, computed once and shared
+/// by every subscriber of its track.
+#[derive(Debug, Clone, Copy)]
+pub struct FwdPacket {
+    pub source: SourceKey,
+    pub seq: u64,
+    pub ts: u64,
+    pub arrival: Instant,
+    pub pt: Pt,
+    pub codec: CodecKind,
+    pub clock_rate: u32,
+    pub keyframe: bool,
+    /// Bumped by the track each time it is unmuted: forwarders re-sync.
+    pub resume_epoch: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Drop(DropReason),
+    Forward { seq: u64, ts: u32 },
+}
+
+/// State of one outgoing stream of one subscriber.
+#[derive(Debug)]
+pub struct Forwarder {
+    first_seq: u16,
+    rewriter: Option<StreamRewriter>,
+    /// Video waits for a keyframe before the first packet and after a resume.
+    waiting_keyframe: bool,
+    resume_epoch: u32,
+}
+
+impl Forwarder {
+    /// `first_seq` seeds the outgoing sequence numbers (keep it < 2^15).
+    pub fn new(first_seq: u16) -> Self {
+        Forwarder {
+            first_seq,
+            rewriter: None,
+            waiting_keyframe: true,
+            resume_epoch: 0,
+        }
+    }
+
+    /// Whether a keyframe is needed before this forwarder can send video.
+    pub fn needs_keyframe(&self) -> bool {
+        self.waiting_keyframe
+    }
+
+    /// The track's source changed under this forwarder (WHEP switch): the
+    /// decoder must start over on a keyframe.
+    pub fn source_changed(&mut self) {
+        self.waiting_keyframe = true;
+        if let Some(r) = self.rewriter.as_mut() {
+            r.discontinuity();
+        }
+    }
+
+    pub fn decide(&mut self, p: &FwdPacket) -> Decision {
+        if p.resume_epoch != self.resume_epoch {
+            self.resume_epoch = p.resume_epoch;
+            self.source_changed();
+        }
+        if p.codec.is_video() && self.waiting_keyframe {
+            if !p.keyframe {
+                return Decision::Drop(DropReason::WaitingForKeyframe);
+            }
+            self.waiting_keyframe = false;
+        }
+        let first_seq = self.first_seq;
+        let rewriter = self
+            .rewriter
+            .get_or_insert_with(|| StreamRewriter::new(p.clock_rate, first_seq, 0));
+        let rin = InPacket {
+            source: p.source,
+            seq: p.seq,
+            ts: p.ts,
+            arrival: p.arrival,
+        };
+        match rewriter.rewrite(&rin) {
+            Ok(rw) => Decision::Forward {
+                seq: rw.seq,
+                ts: rw.ts,
+            },
+            Err(RewriteDrop::StaleSource) => Decision::Drop(DropReason::StaleSource),
+            Err(RewriteDrop::BeforeSwitch) => Decision::Drop(DropReason::BeforeSwitch),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn p(seq: u64, keyframe: bool, epoch: u32, t0: Instant) -> FwdPacket {
+        FwdPacket {
+            source: SourceKey {
+                track_epoch: 0,
+                ssrc: 1,
+            },
+            seq,
+            ts: seq * 3000,
+            arrival: t0 + Duration::from_millis(seq * 33),
+            pt: Pt::new_with_value(96),
+            codec: CodecKind::Vp8,
+            clock_rate: 90_000,
+            keyframe,
+            resume_epoch: epoch,
+        }
+    }
+
+    #[test]
+    fn video_starts_on_keyframe_and_resumes_on_keyframe_without_gap() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(1);
+        assert_eq!(
+            f.decide(&p(10, false, 0, t0)),
+            Decision::Drop(DropReason::WaitingForKeyframe)
+        );
+        assert!(matches!(f.decide(&p(11, true, 0, t0)), Decision::Forward { seq: 1, .. }));
+        assert!(matches!(f.decide(&p(12, false, 0, t0)), Decision::Forward { seq: 2, .. }));
+        // Muted for a while then unmuted (epoch 1): drop until a keyframe, then continue at 3.
+        assert_eq!(
+            f.decide(&p(100, false, 1, t0)),
+            Decision::Drop(DropReason::WaitingForKeyframe)
+        );
+        assert!(matches!(f.decide(&p(101, true, 1, t0)), Decision::Forward { seq: 3, .. }));
+    }
+}

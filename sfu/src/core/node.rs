@@ -1,0 +1,1330 @@
+//! The node: every room, peer and track of one SFU process (one shard).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::channel::ChannelData;
+use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, MediaKind, Mid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Candidate, Event, IceConnectionState, Input, Rtc, RtcConfig};
+use tracing::{debug, trace};
+
+use super::codec::{is_keyframe, CodecKind};
+use super::demux::{Demux, DemuxMiss};
+use super::forward::{Decision, FwdPacket, Forwarder};
+use super::ids::{PeerId, RoomId, TrackId};
+use super::keyframe::KeyframeThrottle;
+use super::peer::{Negotiation, OutTrack, PendingOffer, Peer, PeerKind, Published};
+use super::rewrite::SourceKey;
+use super::room::{Room, Track};
+use super::{DropCounters, DropReason};
+
+/// How often the node does its housekeeping (orphaned tracks, connect
+/// deadlines, merged keyframe requests, demux eviction).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often idle demux entries are evicted.
+const DEMUX_EVICT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A peer that has not completed ICE + DTLS this long after its SDP was
+/// accepted is removed; a client that never connects must not hold state.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Data-channel messages above this size are dropped rather than fanned out.
+const MAX_CHAT_MESSAGE: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The address put in ICE candidates (the UDP socket's, or `--public-ip`).
+    pub candidate_addr: SocketAddr,
+    pub max_peers_per_room: usize,
+    /// How long a lost publisher's tracks wait for the same identity to come
+    /// back before they are unpublished.
+    pub reconnect_grace: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(candidate_addr: SocketAddr) -> Self {
+        NodeConfig {
+            candidate_addr,
+            max_peers_per_room: 100,
+            reconnect_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinKind {
+    WebSocket,
+    Whip,
+    Whep { target: Option<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub room: RoomId,
+    pub identity: String,
+    pub name: String,
+    pub kind: JoinKind,
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+    pub auto_subscribe: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackInfo {
+    pub track_id: TrackId,
+    pub kind: MediaKind,
+    pub muted: bool,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantInfo {
+    pub peer_id: PeerId,
+    pub identity: String,
+    pub name: String,
+    pub tracks: Vec<TrackInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackMapEntry {
+    pub mid: String,
+    pub track_id: TrackId,
+    pub peer_id: Option<PeerId>,
+}
+
+/// A message for one peer's signaling session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSignal {
+    Offer { sdp: String, seq: u64 },
+    TrackMap(Vec<TrackMapEntry>),
+    ParticipantJoined(ParticipantInfo),
+    ParticipantLeft(PeerId),
+    TrackPublished { peer_id: PeerId, track: TrackInfo },
+    TrackUnpublished { peer_id: PeerId, track_id: TrackId },
+    TrackMuted { peer_id: PeerId, track_id: TrackId, muted: bool },
+}
+
+#[derive(Debug)]
+pub enum NodeEvent {
+    Signal(PeerId, PeerSignal),
+    /// The peer is gone (left, lost its connection, replaced, timed out).
+    PeerGone { peer: PeerId, reason: &'static str },
+}
+
+#[derive(Debug)]
+#[must_use]
+pub enum Output {
+    Transmit(Transmit),
+    Event(NodeEvent),
+    Timeout(Instant),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    #[error("unknown peer {0}")]
+    UnknownPeer(PeerId),
+    #[error("the SDP was rejected: {0}")]
+    BadSdp(String),
+    #[error("room {0} is full")]
+    RoomFull(RoomId),
+    #[error("not allowed: {0}")]
+    Forbidden(&'static str),
+    #[error("no offer with seq {0} is outstanding")]
+    NoPendingOffer(u64),
+    #[error("unknown track {0}")]
+    UnknownTrack(TrackId),
+    #[error("the WebRTC stack failed: {0}")]
+    Rtc(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum MuteTarget {
+    Track(TrackId),
+    Mid(Mid),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeStats {
+    pub rooms: usize,
+    pub peers: usize,
+    pub tracks: usize,
+    pub rtp_in: u64,
+    pub rtp_forwarded: u64,
+    pub bytes_forwarded: u64,
+    pub keyframe_requests_upstream: u64,
+    pub drops: DropCounters,
+}
+
+pub struct Node {
+    config: NodeConfig,
+    now: Instant,
+    peers: HashMap<PeerId, Peer>,
+    rooms: HashMap<RoomId, Room>,
+    demux: Demux,
+    next_peer: u64,
+    next_track: u64,
+    dirty: VecDeque<PeerId>,
+    renegotiate: BTreeSet<PeerId>,
+    events: VecDeque<NodeEvent>,
+    next_housekeeping: Instant,
+    next_evict: Instant,
+    stats: NodeStats,
+}
+
+fn rtc_config() -> RtcConfig {
+    Rtc::builder()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .enable_h264(true)
+        .enable_vp9(true)
+}
+
+fn sdp_error(e: impl std::fmt::Display) -> CommandError {
+    CommandError::BadSdp(e.to_string())
+}
+
+impl Node {
+    pub fn new(config: NodeConfig, now: Instant) -> Self {
+        Node {
+            config,
+            now,
+            peers: HashMap::new(),
+            rooms: HashMap::new(),
+            demux: Demux::default(),
+            next_peer: 1,
+            next_track: 1,
+            dirty: VecDeque::new(),
+            renegotiate: BTreeSet::new(),
+            events: VecDeque::new(),
+            next_housekeeping: now,
+            next_evict: now + DEMUX_EVICT_INTERVAL,
+            stats: NodeStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        let mut s = self.stats.clone();
+        s.rooms = self.rooms.len();
+        s.peers = self.peers.len();
+        s.tracks = self.rooms.values().map(|r| r.tracks.len()).sum();
+        s
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    fn advance(&mut self, now: Instant) {
+        // Time never goes backwards in the core.
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    fn mark_dirty(dirty: &mut VecDeque<PeerId>, peer: &mut Peer) {
+        if !peer.dirty {
+            peer.dirty = true;
+            dirty.push_back(peer.id);
+        }
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    /// Adds a peer to a room. WebSocket peers then send an offer
+    /// (`handle_offer`); WHIP/WHEP go through `whip`/`whep`.
+    pub fn join(
+        &mut self,
+        now: Instant,
+        req: JoinRequest,
+    ) -> Result<(PeerId, Vec<ParticipantInfo>), CommandError> {
+        self.advance(now);
+        let room = self
+            .rooms
+            .entry(req.room.clone())
+            .or_insert_with(|| Room::new(req.room.clone()));
+        // The same identity joining again replaces its old session (a
+        // reload, a reconnect): the old one's tracks are handed over.
+        let replaced: Vec<PeerId> = room
+            .peers
+            .iter()
+            .copied()
+            .filter(|p| {
+                self.peers
+                    .get(p)
+                    .is_some_and(|p| p.identity == req.identity && p.kind == PeerKind::WebSocket)
+            })
+            .collect();
+        if req.kind == JoinKind::WebSocket {
+            for old in replaced {
+                self.remove_peer(old, "replaced", false);
+            }
+        }
+        let room = self
+            .rooms
+            .entry(req.room.clone())
+            .or_insert_with(|| Room::new(req.room.clone()));
+        if room.peers.len() >= self.config.max_peers_per_room {
+            return Err(CommandError::RoomFull(req.room));
+        }
+
+        let id = PeerId(self.next_peer);
+        self.next_peer += 1;
+        let mut rtc = rtc_config().build(self.now);
+        let candidate = Candidate::host(self.config.candidate_addr, "udp")
+            .map_err(|e| CommandError::Rtc(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        self.demux.add_peer(&ufrag, id);
+
+        let participants = room
+            .peers
+            .iter()
+            .filter_map(|p| self.peers.get(p))
+            .map(|p| participant_info(p, room))
+            .collect();
+        room.peers.push(id);
+        let kind = match req.kind {
+            JoinKind::WebSocket => PeerKind::WebSocket,
+            JoinKind::Whip => PeerKind::Whip,
+            JoinKind::Whep { target } => PeerKind::Whep { target },
+        };
+        let peer = Peer {
+            id,
+            room: req.room.clone(),
+            identity: req.identity,
+            name: req.name,
+            kind,
+            can_publish: req.can_publish,
+            can_subscribe: req.can_subscribe,
+            auto_subscribe: req.auto_subscribe && req.can_subscribe,
+            rtc,
+            published: Vec::new(),
+            outs: Vec::new(),
+            wanted: BTreeSet::new(),
+            neg: Negotiation::default(),
+            channel: None,
+            labels: Vec::new(),
+            next_timeout: None,
+            dirty: false,
+            needs_tick: false,
+            connected: false,
+            connect_deadline: None,
+        };
+        debug!(peer = %id, room = %req.room, identity = %peer.identity, "peer joined");
+        let info = participant_info(&peer, room);
+        let mut wanted = BTreeSet::new();
+        if peer.auto_subscribe {
+            wanted.extend(room.tracks.values().filter(|t| t.owner.is_some()).map(|t| t.id));
+        }
+        let others: Vec<PeerId> = room.peers.iter().copied().filter(|p| *p != id).collect();
+        let mut peer = peer;
+        peer.wanted = wanted;
+        self.peers.insert(id, peer);
+        for other in others {
+            self.signal(other, PeerSignal::ParticipantJoined(info.clone()));
+        }
+        Ok((id, participants))
+    }
+
+    /// WHIP: a publisher's offer, answered at once.
+    pub fn whip(
+        &mut self,
+        now: Instant,
+        req: JoinRequest,
+        offer: &str,
+    ) -> Result<(PeerId, String), CommandError> {
+        self.one_shot_session(now, req, offer)
+    }
+
+    /// WHEP: a player's offer (recvonly m-lines), answered at once.
+    pub fn whep(
+        &mut self,
+        now: Instant,
+        req: JoinRequest,
+        offer: &str,
+    ) -> Result<(PeerId, String), CommandError> {
+        self.one_shot_session(now, req, offer)
+    }
+
+    fn one_shot_session(
+        &mut self,
+        now: Instant,
+        req: JoinRequest,
+        offer: &str,
+    ) -> Result<(PeerId, String), CommandError> {
+        // Parse before creating anything: a bad offer leaves no trace.
+        let offer = SdpOffer::from_sdp_string(offer).map_err(sdp_error)?;
+        let (id, _) = self.join(now, req)?;
+        match self.accept_offer(id, offer) {
+            Ok(answer) => Ok((id, answer)),
+            Err(e) => {
+                self.remove_peer(id, "bad offer", true);
+                Err(e)
+            }
+        }
+    }
+
+    /// An SDP offer from the client. Returns the answer.
+    pub fn handle_offer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        sdp: &str,
+    ) -> Result<String, CommandError> {
+        self.advance(now);
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(sdp_error)?;
+        self.accept_offer(peer, offer)
+    }
+
+    fn accept_offer(&mut self, id: PeerId, offer: SdpOffer) -> Result<String, CommandError> {
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .ok_or(CommandError::UnknownPeer(id))?;
+        // Glare: the server is polite. Our outstanding offer is dropped
+        // (str0m rolls it back) and re-planned after this one.
+        if peer.neg.pending.take().is_some() {
+            debug!(peer = %id, "glare: dropping our offer for the client's");
+        }
+        let answer = peer.rtc.sdp_api().accept_offer(offer).map_err(sdp_error)?;
+        peer.neg.ready = true;
+        if !peer.connected && peer.connect_deadline.is_none() {
+            peer.connect_deadline = Some(self.now + CONNECT_TIMEOUT);
+        }
+        Self::mark_dirty(&mut self.dirty, peer);
+        self.renegotiate.insert(id);
+        Ok(answer.to_sdp_string())
+    }
+
+    /// The client's answer to our offer `seq`.
+    pub fn handle_answer(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        sdp: &str,
+        seq: u64,
+    ) -> Result<(), CommandError> {
+        self.advance(now);
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(sdp_error)?;
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .ok_or(CommandError::UnknownPeer(id))?;
+        let Some(pending) = peer.neg.pending.take_if(|p| p.seq == seq) else {
+            return Err(CommandError::NoPendingOffer(seq));
+        };
+        self.renegotiate.insert(id);
+        Self::mark_dirty(&mut self.dirty, peer);
+        peer.rtc
+            .sdp_api()
+            .accept_answer(pending.offer, answer)
+            .map_err(sdp_error)?;
+        let room = self.rooms.get_mut(&peer.room).expect("a peer's room exists");
+        let mut want_keyframe = Vec::new();
+        for mid in pending.stops {
+            peer.outs.retain(|o| o.mid != mid);
+            room.remove_subscriber(id, mid);
+        }
+        for (track, mid, kind) in pending.adds {
+            let Some(t) = room.tracks.get_mut(&track) else {
+                // Unpublished while we negotiated: the next offer stops it.
+                peer.outs.push(new_out(mid, kind, None, id, mid));
+                continue;
+            };
+            t.subscribers.push((id, mid));
+            peer.outs.push(new_out(mid, kind, Some(track), id, mid));
+            if kind == MediaKind::Video {
+                want_keyframe.push(track);
+            }
+        }
+        let room_id = peer.room.clone();
+        for t in want_keyframe {
+            self.request_keyframe(&room_id, t);
+        }
+        Ok(())
+    }
+
+    /// A label for one of the client's own m-lines ("camera", "screen", …).
+    pub fn set_track_label(&mut self, id: PeerId, mid: Mid, label: String) -> Result<(), CommandError> {
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .ok_or(CommandError::UnknownPeer(id))?;
+        peer.labels.retain(|(m, _)| *m != mid);
+        peer.labels.push((mid, label.clone()));
+        if let Some(track) = peer.track_at(mid) {
+            if let Some(t) = self
+                .rooms
+                .get_mut(&peer.room)
+                .and_then(|r| r.tracks.get_mut(&track))
+            {
+                t.label = label;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn set_muted(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        target: MuteTarget,
+        muted: bool,
+    ) -> Result<(), CommandError> {
+        self.advance(now);
+        let peer = self.peers.get(&id).ok_or(CommandError::UnknownPeer(id))?;
+        let track = match target {
+            MuteTarget::Track(t) => t,
+            MuteTarget::Mid(m) => peer.track_at(m).ok_or(CommandError::Forbidden(
+                "that m-line carries no track you publish",
+            ))?,
+        };
+        let room_id = peer.room.clone();
+        let room = self.rooms.get_mut(&room_id).expect("a peer's room exists");
+        let t = room
+            .tracks
+            .get_mut(&track)
+            .ok_or(CommandError::UnknownTrack(track))?;
+        if t.owner != Some(id) {
+            return Err(CommandError::Forbidden("you can only mute your own tracks"));
+        }
+        if t.muted == muted {
+            return Ok(());
+        }
+        t.muted = muted;
+        let video = t.kind == MediaKind::Video;
+        if !muted {
+            t.resume_epoch = t.resume_epoch.wrapping_add(1);
+        }
+        let others: Vec<PeerId> = room.peers.iter().copied().filter(|p| *p != id).collect();
+        for p in others {
+            self.signal(
+                p,
+                PeerSignal::TrackMuted {
+                    peer_id: id,
+                    track_id: track,
+                    muted,
+                },
+            );
+        }
+        if !muted && video {
+            self.request_keyframe(&room_id, track);
+        }
+        Ok(())
+    }
+
+    pub fn subscribe(&mut self, id: PeerId, tracks: &[TrackId], on: bool) -> Result<(), CommandError> {
+        let peer = self
+            .peers
+            .get_mut(&id)
+            .ok_or(CommandError::UnknownPeer(id))?;
+        if !peer.can_subscribe {
+            return Err(CommandError::Forbidden("the token does not grant subscribe"));
+        }
+        let room = self.rooms.get(&peer.room).expect("a peer's room exists");
+        for t in tracks {
+            if on {
+                if !room.tracks.contains_key(t) {
+                    return Err(CommandError::UnknownTrack(*t));
+                }
+                peer.wanted.insert(*t);
+            } else {
+                peer.wanted.remove(t);
+            }
+        }
+        self.renegotiate.insert(id);
+        Ok(())
+    }
+
+    pub fn leave(&mut self, now: Instant, id: PeerId) {
+        self.advance(now);
+        self.remove_peer(id, "left", true);
+    }
+
+    /// Stops everything: every peer is disconnected and reported gone.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.advance(now);
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for id in ids {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.rtc.disconnect();
+            }
+            self.remove_peer(id, "server shutdown", true);
+        }
+    }
+
+    // ---------------------------------------------------------------- network
+
+    /// A datagram arrived on the UDP socket.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        buf: &[u8],
+    ) {
+        self.advance(now);
+        let id = match self.demux.route(now, source, buf) {
+            Ok(id) => id,
+            Err(miss) => {
+                let r = match miss {
+                    DemuxMiss::UnknownSource => DropReason::UnknownSource,
+                    DemuxMiss::UnknownUfrag => DropReason::UnknownUfrag,
+                    DemuxMiss::BadStun => DropReason::BadStun,
+                };
+                trace!(%source, reason = r.as_str(), "datagram dropped");
+                self.stats.drops.add(r);
+                return;
+            }
+        };
+        let Ok(contents) = buf.try_into() else {
+            self.stats.drops.add(DropReason::Unparseable);
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if let Err(e) = peer.rtc.handle_input(input) {
+            trace!(peer = %id, error = %e, "datagram rejected");
+            self.stats.drops.add(DropReason::RejectedByPeer);
+        }
+        Self::mark_dirty(&mut self.dirty, peer);
+    }
+
+    /// Time passed: let every peer whose timer is due run.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        let now = self.now;
+        for peer in self.peers.values_mut() {
+            if peer.next_timeout.is_none_or(|t| t <= now) {
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    debug!(peer = %peer.id, error = %e, "timeout handling failed");
+                }
+                peer.next_timeout = None;
+                Self::mark_dirty(&mut self.dirty, peer);
+            }
+        }
+        if now >= self.next_housekeeping {
+            self.housekeeping();
+            self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = self.now;
+        // Merged keyframe requests that came due.
+        let mut due = Vec::new();
+        for room in self.rooms.values_mut() {
+            for t in room.tracks.values_mut() {
+                if t.keyframe.poll(now) {
+                    if let Some(owner) = t.owner {
+                        due.push((owner, t.mid));
+                    }
+                }
+            }
+        }
+        for (owner, mid) in due {
+            self.send_keyframe_request(owner, mid);
+        }
+        // Orphaned tracks whose publisher did not come back.
+        let expired: Vec<(RoomId, TrackId)> = self
+            .rooms
+            .values()
+            .flat_map(|r| {
+                r.tracks
+                    .values()
+                    .filter(|t| t.orphaned_until.is_some_and(|d| d <= now))
+                    .map(|t| (r.id.clone(), t.id))
+            })
+            .collect();
+        for (room, track) in expired {
+            self.unpublish(&room, track);
+        }
+        // Peers that never connected.
+        let stale: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| !p.connected && p.connect_deadline.is_some_and(|d| d <= now))
+            .map(|p| p.id)
+            .collect();
+        for id in stale {
+            debug!(peer = %id, "peer never connected");
+            self.remove_peer(id, "connection timed out", false);
+        }
+        self.rooms.retain(|_, r| !r.is_empty());
+        if now >= self.next_evict {
+            self.demux.evict_idle(now);
+            self.next_evict = now + DEMUX_EVICT_INTERVAL;
+        }
+    }
+
+    /// Drains output. Call until it returns `Output::Timeout`.
+    pub fn poll_output(&mut self) -> Output {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Output::Event(e);
+            }
+            if let Some(id) = self.renegotiate.pop_first() {
+                self.negotiate(id);
+                continue;
+            }
+            let Some(&id) = self.dirty.front() else {
+                return Output::Timeout(self.next_timeout());
+            };
+            let now = self.now;
+            let Some(peer) = self.peers.get_mut(&id) else {
+                self.dirty.pop_front();
+                continue;
+            };
+            if peer.needs_tick {
+                peer.needs_tick = false;
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    debug!(peer = %id, error = %e, "tick failed");
+                }
+            }
+            if !peer.rtc.is_alive() {
+                self.dirty.pop_front();
+                peer.dirty = false;
+                self.remove_peer(id, "connection closed", false);
+                continue;
+            }
+            match peer.rtc.poll_output() {
+                Ok(str0m::Output::Transmit(t)) => return Output::Transmit(t),
+                Ok(str0m::Output::Timeout(t)) => {
+                    peer.next_timeout = Some(t);
+                    peer.dirty = false;
+                    self.dirty.pop_front();
+                }
+                Ok(str0m::Output::Event(e)) => self.handle_event(id, e),
+                Err(e) => {
+                    debug!(peer = %id, error = %e, "peer failed");
+                    peer.rtc.disconnect();
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Instant {
+        let mut t = self.next_housekeeping;
+        for p in self.peers.values() {
+            if let Some(pt) = p.next_timeout {
+                t = t.min(pt);
+            }
+        }
+        t.max(self.now)
+    }
+
+    // ---------------------------------------------------------------- events
+
+    fn handle_event(&mut self, id: PeerId, e: Event) {
+        match e {
+            Event::RtpPacket(pkt) => self.forward(id, pkt),
+            Event::KeyframeRequest(req) => self.on_keyframe_request(id, req),
+            Event::Connected => {
+                debug!(peer = %id, "connected");
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.connected = true;
+                    p.connect_deadline = None;
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                debug!(peer = %id, "ICE disconnected");
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.rtc.disconnect();
+                }
+            }
+            Event::MediaAdded(m) => self.on_media_added(id, m),
+            Event::MediaChanged(m) => {
+                if !m.direction.is_receiving() {
+                    self.on_media_stopped(id, m.mid);
+                }
+            }
+            Event::ChannelOpen(cid, label) => {
+                debug!(peer = %id, %label, "data channel open");
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.channel = Some(cid);
+                }
+            }
+            Event::ChannelData(d) => self.on_channel_data(id, d),
+            Event::ChannelClose(_) => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.channel = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_media_added(&mut self, id: PeerId, m: MediaAdded) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if m.direction.is_receiving() {
+            if !peer.can_publish {
+                debug!(peer = %id, mid = %m.mid, "publish not granted; ignoring m-line");
+                return;
+            }
+            let room = self.rooms.get_mut(&peer.room).expect("a peer's room exists");
+            let label = peer.label_for(m.mid, m.kind);
+            let adopted = room.orphan_for(&peer.identity, m.kind);
+            let track_id = if let Some(tid) = adopted {
+                let t = room.tracks.get_mut(&tid).expect("orphan exists");
+                t.owner = Some(id);
+                t.mid = m.mid;
+                t.orphaned_until = None;
+                t.source_epoch += 1;
+                t.resume_epoch = t.resume_epoch.wrapping_add(1);
+                t.muted = false;
+                debug!(peer = %id, track = %tid, "reconnected publisher adopts its track");
+                tid
+            } else {
+                let tid = TrackId(self.next_track);
+                self.next_track += 1;
+                room.tracks.insert(
+                    tid,
+                    Track {
+                        id: tid,
+                        owner: Some(id),
+                        identity: peer.identity.clone(),
+                        kind: m.kind,
+                        mid: m.mid,
+                        label,
+                        muted: false,
+                        resume_epoch: 0,
+                        source_epoch: tid.0 << 16,
+                        subscribers: Vec::new(),
+                        keyframe: KeyframeThrottle::default(),
+                        orphaned_until: None,
+                    },
+                );
+                tid
+            };
+            peer.published.push(Published {
+                mid: m.mid,
+                track: track_id,
+                params: None,
+            });
+            let t = &room.tracks[&track_id];
+            let info = track_info(t);
+            let room_id = room.id.clone();
+            let others: Vec<PeerId> = room.peers.iter().copied().filter(|p| *p != id).collect();
+            for other in others {
+                let Some(o) = self.peers.get_mut(&other) else {
+                    continue;
+                };
+                if o.auto_subscribe && o.kind == PeerKind::WebSocket {
+                    o.wanted.insert(track_id);
+                    self.renegotiate.insert(other);
+                }
+                self.signal(
+                    other,
+                    PeerSignal::TrackPublished {
+                        peer_id: id,
+                        track: info.clone(),
+                    },
+                );
+            }
+            self.rebind_players(&room_id);
+        } else if m.direction.is_sending() {
+            // Only WHEP offers create m-lines for us to send on; WebSocket
+            // clients receive on m-lines the server adds.
+            if let PeerKind::Whep { .. } = peer.kind {
+                peer.outs.push(new_out(m.mid, m.kind, None, id, m.mid));
+                let room_id = peer.room.clone();
+                self.rebind_players(&room_id);
+            }
+        }
+    }
+
+    fn on_media_stopped(&mut self, id: PeerId, mid: Mid) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(track) = peer.track_at(mid) else {
+            return;
+        };
+        peer.published.retain(|p| p.mid != mid);
+        let room = peer.room.clone();
+        self.unpublish(&room, track);
+    }
+
+    /// Removes a track from its room and from every subscriber.
+    fn unpublish(&mut self, room_id: &RoomId, track: TrackId) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let Some(t) = room.tracks.remove(&track) else {
+            return;
+        };
+        debug!(room = %room_id, %track, "track unpublished");
+        let peers = room.peers.clone();
+        for (sub, mid) in &t.subscribers {
+            if let Some(p) = self.peers.get_mut(sub) {
+                if let Some(o) = p.outs.iter_mut().find(|o| o.mid == *mid) {
+                    o.source = None;
+                }
+            }
+        }
+        for p in peers {
+            let Some(peer) = self.peers.get_mut(&p) else {
+                continue;
+            };
+            peer.wanted.remove(&track);
+            if peer.kind == PeerKind::WebSocket {
+                self.renegotiate.insert(p);
+            }
+            if let Some(owner) = t.owner {
+                if owner == p {
+                    continue;
+                }
+            }
+            self.signal(
+                p,
+                PeerSignal::TrackUnpublished {
+                    peer_id: t.owner.unwrap_or(PeerId(0)),
+                    track_id: track,
+                },
+            );
+        }
+        self.rebind_players(room_id);
+    }
+
+    /// Binds WHEP players' idle m-lines to a publisher's tracks.
+    fn rebind_players(&mut self, room_id: &RoomId) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let mut want_keyframe = Vec::new();
+        for pid in room.peers.iter() {
+            let Some(peer) = self.peers.get_mut(pid) else {
+                continue;
+            };
+            let PeerKind::Whep { target } = &peer.kind else {
+                continue;
+            };
+            // Prefer the publisher already playing on another m-line, so
+            // audio and video come from the same participant.
+            let current_owner = peer
+                .outs
+                .iter()
+                .filter_map(|o| o.source)
+                .filter_map(|t| room.tracks.get(&t))
+                .find_map(|t| t.owner);
+            for out in peer.outs.iter_mut().filter(|o| o.source.is_none()) {
+                let candidate = room
+                    .tracks
+                    .values()
+                    .filter(|t| t.kind == out.kind && t.owner.is_some() && t.owner != Some(*pid))
+                    .filter(|t| target.as_ref().is_none_or(|id| *id == t.identity))
+                    .min_by_key(|t| (current_owner.is_some() && t.owner != current_owner, t.id));
+                if let Some(t) = candidate {
+                    out.source = Some(t.id);
+                    out.fwd.source_changed();
+                    if out.kind == MediaKind::Video {
+                        want_keyframe.push(t.id);
+                    }
+                    debug!(peer = %pid, mid = %out.mid, track = %t.id, "player bound");
+                }
+            }
+            for out in &peer.outs {
+                if let Some(tid) = out.source {
+                    if let Some(t) = room.tracks.get_mut(&tid) {
+                        if !t.subscribers.contains(&(*pid, out.mid)) {
+                            t.subscribers.push((*pid, out.mid));
+                        }
+                    }
+                }
+            }
+        }
+        for t in want_keyframe {
+            self.request_keyframe(room_id, t);
+        }
+    }
+
+    // ---------------------------------------------------------------- media
+
+    /// Fans one incoming RTP packet out to the subscribers of its track.
+    fn forward(&mut self, from: PeerId, pkt: RtpPacket) {
+        self.stats.rtp_in += 1;
+        let Some(publisher) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let ssrc = pkt.header.ssrc;
+        let Some(mid) = publisher.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+            self.stats.drops.add(DropReason::NoTrack);
+            return;
+        };
+        let pt = pkt.header.payload_type;
+        let Some(published) = publisher.published.iter_mut().find(|p| p.mid == mid) else {
+            self.stats.drops.add(DropReason::NoTrack);
+            return;
+        };
+        let params = match published.params {
+            Some((p, params)) if p == pt => params,
+            _ => {
+                let Some(params) = publisher.rtc.codec_config().find(|p| p.pt() == pt).copied()
+                else {
+                    self.stats.drops.add(DropReason::NoPayloadType);
+                    return;
+                };
+                published.params = Some((pt, params));
+                params
+            }
+        };
+        let track_id = published.track;
+        let Some(room) = self.rooms.get_mut(&publisher.room) else {
+            return;
+        };
+        let Some(track) = room.tracks.get_mut(&track_id) else {
+            self.stats.drops.add(DropReason::NoTrack);
+            return;
+        };
+        if track.muted {
+            self.stats.drops.add(DropReason::Muted);
+            return;
+        }
+        let codec = CodecKind::of(&params);
+        let fwd = FwdPacket {
+            source: SourceKey {
+                track_epoch: track.source_epoch,
+                ssrc: *ssrc,
+            },
+            seq: *pkt.seq_no,
+            ts: pkt.time.numer(),
+            arrival: pkt.timestamp,
+            pt,
+            codec,
+            clock_rate: params.spec().clock_rate.get(),
+            keyframe: codec.is_video() && is_keyframe(codec, &pkt.payload),
+            resume_epoch: track.resume_epoch,
+        };
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            video_orientation: pkt.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        let video = codec.is_video();
+        let mut needs_keyframe = false;
+        for &(sub_id, mid) in &track.subscribers {
+            let Some(sub) = self.peers.get_mut(&sub_id) else {
+                continue;
+            };
+            let Some(out) = sub.outs.iter_mut().find(|o| o.mid == mid) else {
+                continue;
+            };
+            let (seq, ts) = match out.fwd.decide(&fwd) {
+                Decision::Drop(r) => {
+                    needs_keyframe |= r == DropReason::WaitingForKeyframe;
+                    self.stats.drops.add(r);
+                    continue;
+                }
+                Decision::Forward { seq, ts } => (seq, ts),
+            };
+            let out_pt = match out.pt_map {
+                Some((i, o)) if i == pt => o,
+                _ => {
+                    let Some(local) = sub.rtc.codec_config().match_params(params).map(|p| p.pt())
+                    else {
+                        self.stats.drops.add(DropReason::NoPayloadType);
+                        continue;
+                    };
+                    let negotiated = sub
+                        .rtc
+                        .media(mid)
+                        .is_some_and(|m| m.remote_pts().contains(&local));
+                    if !negotiated {
+                        self.stats.drops.add(DropReason::NoPayloadType);
+                        continue;
+                    }
+                    out.pt_map = Some((pt, local));
+                    local
+                }
+            };
+            let mut api = sub.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                self.stats.drops.add(DropReason::NotNegotiated);
+                continue;
+            };
+            tx.write_rtp(
+                RtpWrite::new(out_pt, seq.into(), ts, fwd.arrival, pkt.payload.clone())
+                    .marker(pkt.header.marker)
+                    .ext_vals(ext.clone())
+                    .nackable(video),
+            );
+            self.stats.rtp_forwarded += 1;
+            self.stats.bytes_forwarded += pkt.payload.len() as u64;
+            sub.needs_tick = true;
+            Self::mark_dirty(&mut self.dirty, sub);
+        }
+        if needs_keyframe {
+            let room_id = room.id.clone();
+            self.request_keyframe(&room_id, track_id);
+        }
+    }
+
+    /// A subscriber lost a picture: ask the publisher, merged and throttled.
+    fn on_keyframe_request(&mut self, id: PeerId, req: KeyframeRequest) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let Some(track) = peer
+            .outs
+            .iter()
+            .find(|o| o.mid == req.mid)
+            .and_then(|o| o.source)
+        else {
+            return;
+        };
+        let room = peer.room.clone();
+        self.request_keyframe(&room, track);
+    }
+
+    fn request_keyframe(&mut self, room: &RoomId, track: TrackId) {
+        let now = self.now;
+        let Some(t) = self.rooms.get_mut(room).and_then(|r| r.tracks.get_mut(&track)) else {
+            return;
+        };
+        if t.kind != MediaKind::Video {
+            return;
+        }
+        let Some(owner) = t.owner else { return };
+        if t.keyframe.request(now) {
+            let mid = t.mid;
+            self.send_keyframe_request(owner, mid);
+        }
+    }
+
+    fn send_keyframe_request(&mut self, owner: PeerId, mid: Mid) {
+        let Some(p) = self.peers.get_mut(&owner) else {
+            return;
+        };
+        let mut api = p.rtc.direct_api();
+        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
+            return;
+        };
+        rx.request_keyframe(KeyframeRequestKind::Pli);
+        self.stats.keyframe_requests_upstream += 1;
+        Self::mark_dirty(&mut self.dirty, p);
+    }
+
+    fn on_channel_data(&mut self, from: PeerId, d: ChannelData) {
+        if d.data.len() > MAX_CHAT_MESSAGE {
+            self.stats.drops.add(DropReason::MessageTooLarge);
+            return;
+        }
+        let Some(peer) = self.peers.get(&from) else {
+            return;
+        };
+        let data = if d.binary {
+            return; // Only text chat is relayed.
+        } else {
+            String::from_utf8_lossy(&d.data).into_owned()
+        };
+        let msg = serde_json::json!({
+            "from": from.to_string(),
+            "name": peer.name,
+            "data": data,
+        })
+        .to_string();
+        let Some(room) = self.rooms.get(&peer.room) else {
+            return;
+        };
+        for pid in room.peers.iter().filter(|p| **p != from) {
+            let Some(p) = self.peers.get_mut(pid) else {
+                continue;
+            };
+            let Some(cid) = p.channel else { continue };
+            if let Some(mut ch) = p.rtc.channel(cid) {
+                if let Err(e) = ch.write(false, msg.as_bytes()) {
+                    debug!(peer = %pid, error = %e, "chat write failed");
+                }
+                Self::mark_dirty(&mut self.dirty, p);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- negotiation
+
+    /// Brings a WebSocket peer's receiving m-lines in line with what it
+    /// wants: one server offer adding and stopping m-lines.
+    fn negotiate(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.kind != PeerKind::WebSocket || !peer.neg.ready || peer.neg.pending.is_some() {
+            return;
+        }
+        let Some(room) = self.rooms.get(&peer.room) else {
+            return;
+        };
+        let desired: Vec<TrackId> = peer
+            .wanted
+            .iter()
+            .copied()
+            .filter(|t| room.tracks.get(t).is_some_and(|t| t.owner != Some(id)))
+            .collect();
+        let mut api = peer.rtc.sdp_api();
+        let mut adds = Vec::new();
+        let mut stops = Vec::new();
+        for tid in &desired {
+            if peer.outs.iter().any(|o| o.source == Some(*tid)) {
+                continue;
+            }
+            let t = &room.tracks[tid];
+            let stream_id = t.owner.map(|o| o.to_string());
+            let mid = api.add_media(t.kind, Direction::SendOnly, stream_id, Some(tid.to_string()), None);
+            adds.push((*tid, mid, t.kind));
+        }
+        for o in &peer.outs {
+            if o.source.is_none_or(|s| !desired.contains(&s)) {
+                api.stop_media(o.mid);
+                stops.push(o.mid);
+            }
+        }
+        if !api.has_changes() {
+            return;
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        let seq = peer.neg.next_seq;
+        peer.neg.next_seq += 1;
+        let mut map: Vec<TrackMapEntry> = peer
+            .outs
+            .iter()
+            .filter(|o| !stops.contains(&o.mid))
+            .filter_map(|o| o.source.map(|s| (o.mid, s)))
+            .chain(adds.iter().map(|(t, m, _)| (*m, *t)))
+            .map(|(mid, track_id)| TrackMapEntry {
+                mid: mid.to_string(),
+                track_id,
+                peer_id: room.tracks.get(&track_id).and_then(|t| t.owner),
+            })
+            .collect();
+        map.sort_by(|a, b| a.mid.cmp(&b.mid));
+        peer.neg.pending = Some(PendingOffer {
+            offer: pending,
+            seq,
+            adds,
+            stops,
+        });
+        Self::mark_dirty(&mut self.dirty, peer);
+        debug!(peer = %id, seq, "server offer");
+        self.signal(id, PeerSignal::TrackMap(map));
+        self.signal(
+            id,
+            PeerSignal::Offer {
+                sdp: offer.to_sdp_string(),
+                seq,
+            },
+        );
+    }
+
+    // ---------------------------------------------------------------- leaving
+
+    /// Removes a peer. With `unpublish` its tracks go at once; otherwise
+    /// (connection lost, replaced) they wait the reconnect grace for the
+    /// same identity to come back.
+    fn remove_peer(&mut self, id: PeerId, reason: &'static str, unpublish: bool) {
+        let Some(peer) = self.peers.remove(&id) else {
+            return;
+        };
+        debug!(peer = %id, reason, "peer removed");
+        self.demux.remove_peer(id);
+        self.renegotiate.remove(&id);
+        let grace = self.now + self.config.reconnect_grace;
+        let Some(room) = self.rooms.get_mut(&peer.room) else {
+            return;
+        };
+        room.peers.retain(|p| *p != id);
+        for o in &peer.outs {
+            room.remove_subscriber(id, o.mid);
+        }
+        let mut gone = Vec::new();
+        for p in &peer.published {
+            if let Some(t) = room.tracks.get_mut(&p.track) {
+                if unpublish || peer.kind != PeerKind::WebSocket {
+                    gone.push(p.track);
+                } else {
+                    t.owner = None;
+                    t.orphaned_until = Some(grace);
+                }
+            }
+        }
+        let room_id = room.id.clone();
+        let others = room.peers.clone();
+        for t in gone {
+            self.unpublish(&room_id, t);
+        }
+        for o in others {
+            self.signal(o, PeerSignal::ParticipantLeft(id));
+        }
+        self.events.push_back(NodeEvent::PeerGone { peer: id, reason });
+    }
+
+    fn signal(&mut self, to: PeerId, s: PeerSignal) {
+        if let Some(p) = self.peers.get(&to) {
+            if p.kind == PeerKind::WebSocket {
+                self.events.push_back(NodeEvent::Signal(to, s));
+            }
+        }
+    }
+}
+
+fn new_out(mid: Mid, kind: MediaKind, source: Option<TrackId>, peer: PeerId, salt: Mid) -> OutTrack {
+    // A per-stream starting sequence number below 2^15 (see StreamTx::write_rtp).
+    let seed = peer.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (salt.to_string().len() as u64 * 7919);
+    let mut first = (seed >> 17) as u16 & 0x7fff;
+    for b in salt.as_bytes() {
+        first = first.wrapping_mul(31).wrapping_add(u16::from(*b)) & 0x7fff;
+    }
+    OutTrack {
+        mid,
+        kind,
+        source,
+        fwd: Forwarder::new(first.max(1)),
+        pt_map: None,
+    }
+}
+
+fn track_info(t: &Track) -> TrackInfo {
+    TrackInfo {
+        track_id: t.id,
+        kind: t.kind,
+        muted: t.muted,
+        label: t.label.clone(),
+    }
+}
+
+fn participant_info(p: &Peer, room: &Room) -> ParticipantInfo {
+    ParticipantInfo {
+        peer_id: p.id,
+        identity: p.identity.clone(),
+        name: p.name.clone(),
+        tracks: room
+            .tracks
+            .values()
+            .filter(|t| t.owner == Some(p.id))
+            .map(track_info)
+            .collect(),
+    }
+}

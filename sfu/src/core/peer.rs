@@ -1,0 +1,109 @@
+//! One peer: a str0m `Rtc` plus what the router needs to know about it.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use str0m::change::SdpPendingOffer;
+use str0m::channel::ChannelId;
+use str0m::format::PayloadParams;
+use str0m::media::{MediaKind, Mid, Pt};
+use str0m::Rtc;
+
+use super::forward::Forwarder;
+use super::ids::{PeerId, RoomId, TrackId};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PeerKind {
+    /// Full signaling: events, server offers, data channel.
+    WebSocket,
+    /// WHIP ingest: publishes, never renegotiated.
+    Whip,
+    /// WHEP egress: plays the m-lines of its offer, bound to a publisher
+    /// (`target` identity, or the room's first).
+    Whep { target: Option<String> },
+}
+
+#[derive(Debug)]
+pub(crate) struct Published {
+    pub mid: Mid,
+    pub track: TrackId,
+    /// Last payload type seen and its parameters: saves a codec lookup per packet.
+    pub params: Option<(Pt, PayloadParams)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct OutTrack {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    /// The track forwarded on this m-line. `None`: to be stopped (WebSocket)
+    /// or waiting for a publisher (WHEP).
+    pub source: Option<TrackId>,
+    pub fwd: Forwarder,
+    /// Incoming payload type → this subscriber's payload type.
+    pub pt_map: Option<(Pt, Pt)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct PendingOffer {
+    pub offer: SdpPendingOffer,
+    pub seq: u64,
+    pub adds: Vec<(TrackId, Mid, MediaKind)>,
+    pub stops: Vec<Mid>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Negotiation {
+    pub pending: Option<PendingOffer>,
+    pub next_seq: u64,
+    /// The client's first offer has been accepted: server offers may follow.
+    pub ready: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub id: PeerId,
+    pub room: RoomId,
+    pub identity: String,
+    pub name: String,
+    pub kind: PeerKind,
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+    pub auto_subscribe: bool,
+    pub rtc: Rtc,
+    pub published: Vec<Published>,
+    pub outs: Vec<OutTrack>,
+    /// Tracks this (WebSocket) peer wants to receive.
+    pub wanted: BTreeSet<TrackId>,
+    pub neg: Negotiation,
+    pub channel: Option<ChannelId>,
+    /// Labels the client gave its m-lines before or after they were published.
+    pub labels: Vec<(Mid, String)>,
+    pub next_timeout: Option<Instant>,
+    /// Queued in `Node::dirty`: has output to drain.
+    pub dirty: bool,
+    /// RTP was written since the last tick: str0m sends it on `Timeout(now)`.
+    pub needs_tick: bool,
+    pub connected: bool,
+    /// Removed unless ICE+DTLS connect by then.
+    pub connect_deadline: Option<Instant>,
+}
+
+impl Peer {
+    pub fn label_for(&self, mid: Mid, kind: MediaKind) -> String {
+        self.labels
+            .iter()
+            .find(|(m, _)| *m == mid)
+            .map(|(_, l)| l.clone())
+            .unwrap_or_else(|| match kind {
+                MediaKind::Audio => "microphone".to_string(),
+                MediaKind::Video => "camera".to_string(),
+            })
+    }
+
+    pub fn track_at(&self, mid: Mid) -> Option<TrackId> {
+        self.published
+            .iter()
+            .find(|p| p.mid == mid)
+            .map(|p| p.track)
+    }
+}

@@ -1,0 +1,368 @@
+//! The media worker: a dedicated thread running a current-thread tokio
+//! runtime that owns the `Node` and the UDP socket. Nothing else touches the
+//! node; signaling talks to it through `NodeHandle` (a bounded channel).
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::core::{
+    CommandError, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output,
+    ParticipantInfo, PeerId, PeerSignal, TrackId,
+};
+use str0m::media::Mid;
+
+/// Commands queued towards the worker. Bounded: signaling waits (and so
+/// applies back-pressure to clients) when the media thread is busy.
+const COMMAND_QUEUE: usize = 1024;
+
+/// Events queued towards one peer's signaling session. A session that falls
+/// this far behind is disconnected rather than allowed to grow memory.
+pub const PEER_EVENT_QUEUE: usize = 256;
+
+/// Datagrams read per loop pass before output is drained, so packets that
+/// arrive together are forwarded in one pass (one str0m tick per subscriber).
+const RECV_BATCH: usize = 64;
+
+/// Largest datagram we accept; anything larger is not WebRTC.
+const MAX_DATAGRAM: usize = 2048;
+
+/// How often stats are published and drop summaries logged.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+/// What a peer's signaling session receives from the media plane.
+#[derive(Debug)]
+pub enum PeerEvent {
+    Signal(PeerSignal),
+    Gone { reason: &'static str },
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Join {
+        req: JoinRequest,
+        events: mpsc::Sender<PeerEvent>,
+        reply: Reply<(PeerId, Vec<ParticipantInfo>)>,
+    },
+    Whip {
+        req: JoinRequest,
+        offer: String,
+        reply: Reply<(PeerId, String)>,
+    },
+    Whep {
+        req: JoinRequest,
+        offer: String,
+        reply: Reply<(PeerId, String)>,
+    },
+    Offer {
+        peer: PeerId,
+        sdp: String,
+        reply: Reply<String>,
+    },
+    Answer {
+        peer: PeerId,
+        sdp: String,
+        seq: u64,
+        reply: Reply<()>,
+    },
+    Label {
+        peer: PeerId,
+        mid: String,
+        label: String,
+    },
+    Mute {
+        peer: PeerId,
+        target: MuteTarget,
+        muted: bool,
+        reply: Reply<()>,
+    },
+    Subscribe {
+        peer: PeerId,
+        tracks: Vec<TrackId>,
+        on: bool,
+        reply: Reply<()>,
+    },
+    Leave {
+        peer: PeerId,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The signaling side's handle on the media worker.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Command>,
+    stats: watch::Receiver<Arc<NodeStats>>,
+    pub udp_addr: SocketAddr,
+    pub candidate_addr: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    #[error("cannot bind UDP {addr}: {source} (is another process using the port? pick another with --udp)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the media thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl NodeHandle {
+    /// Sends a command; fails only if the worker has stopped.
+    pub async fn send(&self, cmd: Command) -> Result<(), CommandError> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| CommandError::Rtc("the media worker has stopped".into()))
+    }
+
+    /// Sends a command and waits for its reply.
+    pub async fn call<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await
+            .map_err(|_| CommandError::Rtc("the media worker has stopped".into()))?
+    }
+
+    pub fn stats(&self) -> Arc<NodeStats> {
+        self.stats.borrow().clone()
+    }
+}
+
+/// Binds the UDP socket and starts the media worker thread.
+pub fn spawn_node(
+    udp: SocketAddr,
+    public_ip: Option<std::net::IpAddr>,
+) -> Result<NodeHandle, SpawnError> {
+    let std_sock =
+        std::net::UdpSocket::bind(udp).map_err(|source| SpawnError::Bind { addr: udp, source })?;
+    std_sock
+        .set_nonblocking(true)
+        .map_err(|source| SpawnError::Bind { addr: udp, source })?;
+    let local = std_sock
+        .local_addr()
+        .map_err(|source| SpawnError::Bind { addr: udp, source })?;
+    let candidate_addr = SocketAddr::new(public_ip.unwrap_or(local.ip()), local.port());
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (stats_tx, stats_rx) = watch::channel(Arc::new(NodeStats::default()));
+    std::thread::Builder::new()
+        .name("meridian-media".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime builds");
+            rt.block_on(async move {
+                let socket = UdpSocket::from_std(std_sock).expect("a nonblocking std socket converts");
+                let node = Node::new(NodeConfig::new(candidate_addr), Instant::now());
+                Worker {
+                    node,
+                    socket,
+                    candidate_addr,
+                    sessions: HashMap::new(),
+                    stats: stats_tx,
+                }
+                .run(rx)
+                .await;
+            });
+        })
+        .map_err(SpawnError::Thread)?;
+    info!(%local, %candidate_addr, "media UDP socket bound");
+    Ok(NodeHandle {
+        tx,
+        stats: stats_rx,
+        udp_addr: local,
+        candidate_addr,
+    })
+}
+
+struct Worker {
+    node: Node,
+    socket: UdpSocket,
+    candidate_addr: SocketAddr,
+    sessions: HashMap<PeerId, mpsc::Sender<PeerEvent>>,
+    stats: watch::Sender<Arc<NodeStats>>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut next_stats = Instant::now();
+        let mut next_drop_log = Instant::now() + DROP_LOG_INTERVAL;
+        let mut logged_drops = 0u64;
+        loop {
+            let timeout = self.drain().await;
+            let now = Instant::now();
+            if now >= next_stats {
+                let stats = self.node.stats();
+                if now >= next_drop_log {
+                    let total = stats.drops.total();
+                    if total > logged_drops {
+                        let summary: Vec<String> = stats
+                            .drops
+                            .iter()
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(r, n)| format!("{}={n}", r.as_str()))
+                            .collect();
+                        warn!(new = total - logged_drops, totals = %summary.join(" "), "packets dropped");
+                        logged_drops = total;
+                    }
+                    next_drop_log = now + DROP_LOG_INTERVAL;
+                }
+                let _ = self.stats.send(Arc::new(stats));
+                next_stats = now + STATS_INTERVAL;
+            }
+            let sleep = tokio::time::sleep_until(timeout.min(next_stats).into());
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if self.command(cmd) {
+                        break;
+                    }
+                }
+                r = self.socket.recv_from(&mut buf) => {
+                    let now = Instant::now();
+                    match r {
+                        Ok((n, src)) => {
+                            self.node.handle_receive(now, src, self.candidate_addr, &buf[..n]);
+                            // Take what else is already queued before draining.
+                            for _ in 1..RECV_BATCH {
+                                match self.socket.try_recv_from(&mut buf) {
+                                    Ok((n, src)) => self.node.handle_receive(now, src, self.candidate_addr, &buf[..n]),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        Err(e) => debug!(error = %e, "UDP receive failed"),
+                    }
+                }
+                _ = sleep => {}
+            }
+            self.node.handle_timeout(Instant::now());
+        }
+        debug!("media worker stopped");
+    }
+
+    /// Returns true when the worker should stop.
+    fn command(&mut self, cmd: Command) -> bool {
+        let now = Instant::now();
+        match cmd {
+            Command::Join { req, events, reply } => {
+                let r = self.node.join(now, req);
+                if let Ok((id, _)) = &r {
+                    self.sessions.insert(*id, events);
+                }
+                let _ = reply.send(r);
+            }
+            Command::Whip { req, offer, reply } => {
+                let _ = reply.send(self.node.whip(now, req, &offer));
+            }
+            Command::Whep { req, offer, reply } => {
+                let _ = reply.send(self.node.whep(now, req, &offer));
+            }
+            Command::Offer { peer, sdp, reply } => {
+                let _ = reply.send(self.node.handle_offer(now, peer, &sdp));
+            }
+            Command::Answer {
+                peer,
+                sdp,
+                seq,
+                reply,
+            } => {
+                let _ = reply.send(self.node.handle_answer(now, peer, &sdp, seq));
+            }
+            Command::Label { peer, mid, label } => {
+                let _ = self.node.set_track_label(peer, Mid::from(mid.as_str()), label);
+            }
+            Command::Mute {
+                peer,
+                target,
+                muted,
+                reply,
+            } => {
+                let _ = reply.send(self.node.set_muted(now, peer, target, muted));
+            }
+            Command::Subscribe {
+                peer,
+                tracks,
+                on,
+                reply,
+            } => {
+                let _ = reply.send(self.node.subscribe(peer, &tracks, on));
+            }
+            Command::Leave { peer } => {
+                self.sessions.remove(&peer);
+                self.node.leave(now, peer);
+            }
+            Command::Shutdown { done } => {
+                self.node.shutdown(now);
+                // Flush what the shutdown produced (DTLS close, RTCP BYE);
+                // the caller waits on `done` only.
+                let _ = done.send(());
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drains the node's output; returns when it next wants to be woken.
+    async fn drain(&mut self) -> Instant {
+        loop {
+            match self.node.poll_output() {
+                Output::Transmit(t) => self.send(&t.contents, t.destination).await,
+                Output::Event(NodeEvent::Signal(peer, s)) => self.deliver(peer, PeerEvent::Signal(s)),
+                Output::Event(NodeEvent::PeerGone { peer, reason }) => {
+                    if let Some(tx) = self.sessions.remove(&peer) {
+                        let _ = tx.try_send(PeerEvent::Gone { reason });
+                    }
+                }
+                Output::Timeout(t) => return t,
+            }
+        }
+    }
+
+    async fn send(&self, buf: &[u8], dest: SocketAddr) {
+        loop {
+            match self.socket.try_send_to(buf, dest) {
+                Ok(_) => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if self.socket.writable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    debug!(%dest, error = %e, "UDP send failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, peer: PeerId, ev: PeerEvent) {
+        let Some(tx) = self.sessions.get(&peer) else {
+            return;
+        };
+        if tx.try_send(ev).is_err() {
+            warn!(%peer, "signaling session too slow or gone; removing peer");
+            self.sessions.remove(&peer);
+            self.node.leave(Instant::now(), peer);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `meridian`: one binary that is a signaling server, an SFU media node and
+//! (later) a relay node. This file only parses flags and configuration and
+//! wires the crates together.
+
+mod config;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use meridian_signaling::auth::Auth;
+use meridian_signaling::{serve, ServerConfig};
+use tracing::{error, warn};
+
+use crate::config::{Config, ServeArgs};
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "Meridian: a WebRTC SFU network")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a single-node SFU with WebSocket signaling, WHIP/WHEP and the web demo.
+    Serve(ServeArgs),
+    /// Print an access token (JWT, HS256) for the configured API key/secret.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    #[arg(long)]
+    room: String,
+    #[arg(long)]
+    identity: String,
+    /// Grant publishing.
+    #[arg(long)]
+    publish: bool,
+    /// Grant subscribing.
+    #[arg(long)]
+    subscribe: bool,
+    /// Lifetime, e.g. 30m, 1h, 2d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// TOML configuration file holding api_key / api_secret.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    #[arg(long, env = "MERIDIAN_API_KEY")]
+    api_key: Option<String>,
+    #[arg(long, env = "MERIDIAN_API_SECRET")]
+    api_secret: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 1h or 2d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,dimpl=warn,sctp_proto=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve(args) => {
+            init_tracing();
+            match Config::load(args) {
+                Ok(cfg) => run_serve(cfg),
+                Err(e) => {
+                    eprintln!("meridian serve: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Token(args) => token(args),
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let file = match args.config.as_deref().map(Config::read_file).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("meridian token: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let key = args.api_key.or(file.api_key).unwrap_or_else(|| "meridian".into());
+    let Some(secret) = args.api_secret.or(file.api_secret) else {
+        eprintln!(
+            "meridian token: no API secret: pass --api-secret, set MERIDIAN_API_SECRET, or put api_secret in the --config file"
+        );
+        return ExitCode::from(2);
+    };
+    if !args.publish && !args.subscribe {
+        eprintln!("meridian token: grant at least one of --publish, --subscribe");
+        return ExitCode::from(2);
+    }
+    let auth = Auth::new(key, Some(secret));
+    match auth.issue(&args.room, &args.identity, args.publish, args.subscribe, args.ttl) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meridian token: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_serve(cfg: Config) -> ExitCode {
+    let auth = Auth::new(cfg.api_key.clone(), cfg.api_secret.clone());
+    if auth.dev_mode() {
+        warn!("==============================================================");
+        warn!("DEV MODE: no api_secret configured; anyone can join any room.");
+        warn!("Set MERIDIAN_API_SECRET or api_secret in --config for production.");
+        warn!("==============================================================");
+    }
+    let node = match meridian_sfu::io::spawn_node(cfg.udp, cfg.public_ip) {
+        Ok(n) => n,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = ServerConfig {
+        http: cfg.http,
+        web_root: cfg.web_root.clone(),
+        auth,
+    };
+    match rt.block_on(serve(server, node, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
