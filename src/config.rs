@@ -108,7 +108,10 @@ impl Config {
                 .api_key
                 .or(file.api_key)
                 .unwrap_or_else(|| "meridian".into()),
-            api_secret: args.api_secret.or(file.api_secret).filter(|s| !s.is_empty()),
+            api_secret: args
+                .api_secret
+                .or(file.api_secret)
+                .filter(|s| !s.is_empty()),
         })
     }
 }

@@ -72,7 +72,10 @@ fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,dimpl=warn,sctp_proto=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -100,7 +103,10 @@ fn token(args: TokenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let key = args.api_key.or(file.api_key).unwrap_or_else(|| "meridian".into());
+    let key = args
+        .api_key
+        .or(file.api_key)
+        .unwrap_or_else(|| "meridian".into());
     let Some(secret) = args.api_secret.or(file.api_secret) else {
         eprintln!(
             "meridian token: no API secret: pass --api-secret, set MERIDIAN_API_SECRET, or put api_secret in the --config file"
@@ -112,7 +118,13 @@ fn token(args: TokenArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let auth = Auth::new(key, Some(secret));
-    match auth.issue(&args.room, &args.identity, args.publish, args.subscribe, args.ttl) {
+    match auth.issue(
+        &args.room,
+        &args.identity,
+        args.publish,
+        args.subscribe,
+        args.ttl,
+    ) {
         Ok(t) => {
             println!("{t}");
             ExitCode::SUCCESS

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use etherparse::{EtherType, NetSlice, SlicedPacket, TransportSlice};
 use pcap_file::pcap::PcapReader;
-use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
+use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::{DataLink, PcapError, TsResolution};
 
 /// One RTP packet as captured.
@@ -257,7 +257,8 @@ fn read_pcap<R: Read>(reader: R, name: &Path, acc: &mut Accumulator) -> Result<(
             TsResolution::MicroSecond => u64::from(raw.ts_frac) * 1_000,
             TsResolution::NanoSecond => u64::from(raw.ts_frac),
         };
-        let time = Duration::from_secs(u64::from(raw.ts_sec)).saturating_add(Duration::from_nanos(frac_nanos));
+        let time = Duration::from_secs(u64::from(raw.ts_sec))
+            .saturating_add(Duration::from_nanos(frac_nanos));
         if raw.incl_len < raw.orig_len {
             // Cut by the snap length: the UDP payload is incomplete.
             acc.skipped += 1;
@@ -310,7 +311,14 @@ fn read_pcapng<R: Read>(reader: R, name: &Path, acc: &mut Accumulator) -> Result
             Block::EnhancedPacket(epb) => {
                 // pcap-file stores the raw 64-bit count as if it were nanoseconds.
                 let raw = u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX);
-                acc.add_ng_packet(&interfaces, epb.interface_id, raw, epb.original_len, &epb.data, &mut unsupported);
+                acc.add_ng_packet(
+                    &interfaces,
+                    epb.interface_id,
+                    raw,
+                    epb.original_len,
+                    &epb.data,
+                    &mut unsupported,
+                );
             }
             Block::Packet(pb) => {
                 acc.add_ng_packet(
@@ -346,7 +354,9 @@ fn pcapng_time(raw: u64, tsresol: u8, tsoffset: u64) -> Duration {
         if exp <= 9 {
             u128::from(raw) * 10u128.pow(9 - exp)
         } else {
-            10u128.checked_pow(exp - 9).map_or(0, |div| u128::from(raw) / div)
+            10u128
+                .checked_pow(exp - 9)
+                .map_or(0, |div| u128::from(raw) / div)
         }
     } else {
         (u128::from(raw) * NANOS) >> exp.min(127)
@@ -374,23 +384,31 @@ fn link_supported(link: DataLink) -> bool {
 fn slice_frame(link: DataLink, data: &[u8]) -> Option<Result<SlicedPacket<'_>, ()>> {
     let sliced = match link {
         DataLink::ETHERNET => SlicedPacket::from_ethernet(data).map_err(drop),
-        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => SlicedPacket::from_ip(data).map_err(drop),
+        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => {
+            SlicedPacket::from_ip(data).map_err(drop)
+        }
         // etherparse only accepts SLL headers whose ARPHRD type it knows, and
         // not ARPHRD_LOOPBACK (772) or ARPHRD_NONE (tun), which is what
         // `tcpdump -i any` writes for loopback and VPN traffic; for those, take
         // the protocol field (bytes 14..16) as the EtherType ourselves.
-        DataLink::LINUX_SLL => SlicedPacket::from_linux_sll(data).or_else(|_| match (data.get(14..16), data.get(16..)) {
-            (Some(proto), Some(rest)) => {
-                SlicedPacket::from_ether_type(EtherType(u16::from_be_bytes([proto[0], proto[1]])), rest).map_err(drop)
+        DataLink::LINUX_SLL => SlicedPacket::from_linux_sll(data).or_else(|_| {
+            match (data.get(14..16), data.get(16..)) {
+                (Some(proto), Some(rest)) => SlicedPacket::from_ether_type(
+                    EtherType(u16::from_be_bytes([proto[0], proto[1]])),
+                    rest,
+                )
+                .map_err(drop),
+                _ => Err(()),
             }
-            _ => Err(()),
         }),
         // SLL2: protocol type (2), reserved (2), ifindex (4), ARPHRD (2),
         // packet type (1), address length (1), address (8); 20 bytes.
         DataLink::LINUX_SLL2 => match (data.get(..2), data.get(20..)) {
-            (Some(proto), Some(rest)) => {
-                SlicedPacket::from_ether_type(EtherType(u16::from_be_bytes([proto[0], proto[1]])), rest).map_err(drop)
-            }
+            (Some(proto), Some(rest)) => SlicedPacket::from_ether_type(
+                EtherType(u16::from_be_bytes([proto[0], proto[1]])),
+                rest,
+            )
+            .map_err(drop),
             _ => Err(()),
         },
         // NULL / LOOP: a 4-byte address family, then the IP packet, whose own
@@ -512,7 +530,10 @@ impl Accumulator {
         data: &[u8],
         unsupported: &mut Option<DataLink>,
     ) {
-        let Some(iface) = usize::try_from(interface_id).ok().and_then(|i| interfaces.get(i)) else {
+        let Some(iface) = usize::try_from(interface_id)
+            .ok()
+            .and_then(|i| interfaces.get(i))
+        else {
             self.frames += 1;
             self.skipped += 1;
             return;
@@ -620,14 +641,20 @@ impl Accumulator {
             }
             detail.push_str(match self.udp_port {
                 Some(_) => "; check --udp-port (or leave it out to take RTP on every port)",
-                None => "; check that the capture holds the RTP traffic, or narrow it with --udp-port",
+                None => {
+                    "; check that the capture holds the RTP traffic, or narrow it with --udp-port"
+                }
             });
             return Err(CaptureError::NoRtpStreams {
                 path: name.to_path_buf(),
                 detail,
             });
         }
-        let streams = self.streams.into_iter().map(|(ssrc, s)| build_stream(ssrc, s)).collect();
+        let streams = self
+            .streams
+            .into_iter()
+            .map(|(ssrc, s)| build_stream(ssrc, s))
+            .collect();
         Ok(Capture {
             streams,
             skipped: self.skipped,
@@ -713,15 +740,24 @@ fn guess_kind(payload_type: u8, packets: &[CapturedPacket]) -> Option<MediaKindG
             return Some(Audio);
         }
     }
-    let same_ts = packets.windows(2).filter(|w| w[0].timestamp == w[1].timestamp).count();
+    let same_ts = packets
+        .windows(2)
+        .filter(|w| w[0].timestamp == w[1].timestamp)
+        .count();
     if same_ts * 10 > packets.len() - 1 {
         return Some(Video);
     }
     let max_payload = packets.iter().map(|p| p.payload().len()).max().unwrap_or(0);
-    let mut gaps: Vec<Duration> = packets.windows(2).map(|w| w[1].offset.saturating_sub(w[0].offset)).collect();
+    let mut gaps: Vec<Duration> = packets
+        .windows(2)
+        .map(|w| w[1].offset.saturating_sub(w[0].offset))
+        .collect();
     gaps.sort_unstable();
     let median = gaps[gaps.len() / 2];
-    if max_payload <= 400 && median >= Duration::from_millis(5) && median <= Duration::from_millis(125) {
+    if max_payload <= 400
+        && median >= Duration::from_millis(5)
+        && median <= Duration::from_millis(125)
+    {
         return Some(Audio);
     }
     Some(Video)
@@ -745,7 +781,8 @@ mod tests {
     }
 
     fn sample_bytes() -> Vec<u8> {
-        std::fs::read(sample_path()).expect("tests/data/sample-vp8-opus.pcap (make it with scripts/make-sample.sh)")
+        std::fs::read(sample_path())
+            .expect("tests/data/sample-vp8-opus.pcap (make it with scripts/make-sample.sh)")
     }
 
     fn read_bytes(data: &[u8], port: Option<u16>) -> Result<Capture, CaptureError> {
@@ -772,7 +809,8 @@ mod tests {
         };
         let mut w = PcapWriter::with_header(Vec::new(), header).unwrap();
         for (t, f) in frames {
-            w.write_packet(&PcapPacket::new(*t, f.len() as u32, f)).unwrap();
+            w.write_packet(&PcapPacket::new(*t, f.len() as u32, f))
+                .unwrap();
         }
         w.into_writer()
     }
@@ -796,32 +834,66 @@ mod tests {
         assert_eq!(cap.not_rtp, 0);
         assert!(!cap.truncated);
 
-        let video = cap.streams.iter().find(|s| s.payload_type == 96).expect("VP8 stream");
-        let audio = cap.streams.iter().find(|s| s.payload_type == 111).expect("Opus stream");
+        let video = cap
+            .streams
+            .iter()
+            .find(|s| s.payload_type == 96)
+            .expect("VP8 stream");
+        let audio = cap
+            .streams
+            .iter()
+            .find(|s| s.payload_type == 111)
+            .expect("Opus stream");
         assert_eq!(video.ssrc, VIDEO_SSRC);
         assert_eq!(audio.ssrc, AUDIO_SSRC);
         assert_eq!(video.kind, Some(MediaKindGuess::Video));
         assert_eq!(audio.kind, Some(MediaKindGuess::Audio));
+        // The clock-rate / pattern heuristic agrees without the PT hint.
+        assert_eq!(guess_kind(100, &video.packets), Some(MediaKindGuess::Video));
+        assert_eq!(guess_kind(100, &audio.packets), Some(MediaKindGuess::Audio));
         assert_eq!(video.dst, "127.0.0.1:45096".parse().unwrap());
         assert_eq!(audio.dst, "127.0.0.1:45111".parse().unwrap());
 
         // ~6 s at ~500 kbit/s in <= 1200-byte packets; Opus at 50 packets/s.
-        assert!((250..=700).contains(&video.packets.len()), "video packets: {}", video.packets.len());
-        assert!((280..=320).contains(&audio.packets.len()), "audio packets: {}", audio.packets.len());
+        assert!(
+            (250..=700).contains(&video.packets.len()),
+            "video packets: {}",
+            video.packets.len()
+        );
+        assert!(
+            (280..=320).contains(&audio.packets.len()),
+            "audio packets: {}",
+            audio.packets.len()
+        );
         for s in [video, audio] {
-            assert!(s.packets.windows(2).all(|w| w[0].offset <= w[1].offset), "offsets not monotonic");
+            assert!(
+                s.packets.windows(2).all(|w| w[0].offset <= w[1].offset),
+                "offsets not monotonic"
+            );
             assert_eq!(s.packets[0].offset, Duration::ZERO);
             let d = s.duration();
-            assert!(d > Duration::from_millis(5_500) && d < Duration::from_millis(6_500), "duration {d:?}");
+            assert!(
+                d > Duration::from_millis(5_500) && d < Duration::from_millis(6_500),
+                "duration {d:?}"
+            );
             // Nothing lost on loopback: sequence numbers are consecutive.
-            assert!(s.packets.windows(2).all(|w| w[1].seq == w[0].seq.wrapping_add(1)));
-            assert!(s.packets.iter().all(|p| p.rtp.len() <= 1200 && !p.payload().is_empty()));
+            assert!(s
+                .packets
+                .windows(2)
+                .all(|w| w[1].seq == w[0].seq.wrapping_add(1)));
+            assert!(s
+                .packets
+                .iter()
+                .all(|p| p.rtp.len() <= 1200 && !p.payload().is_empty()));
         }
         // The video sequence starts near the top (65300) and wraps.
         assert!(video.packets.windows(2).any(|w| w[1].seq < w[0].seq));
         // The streams were sent together: both start within 100 ms.
         let gap = video.start.abs_diff(audio.start);
-        assert!(gap < Duration::from_millis(100), "stream starts {gap:?} apart");
+        assert!(
+            gap < Duration::from_millis(100),
+            "stream starts {gap:?} apart"
+        );
     }
 
     #[test]
@@ -853,15 +925,25 @@ mod tests {
             }
             let start_of_frame = pl[0] & 0x10 != 0 && pl[0] & 0x07 == 0;
             if start_of_frame && pl[i] & 0x01 == 0 {
-                assert_eq!(&pl[i + 3..i + 6], &[0x9d, 0x01, 0x2a], "keyframe start code");
+                assert_eq!(
+                    &pl[i + 3..i + 6],
+                    &[0x9d, 0x01, 0x2a],
+                    "keyframe start code"
+                );
                 keyframes += 1;
             }
         }
         assert!((3..=4).contains(&keyframes), "keyframes: {keyframes}");
         // 30 fps on a 90 kHz clock; the marker ends each frame.
         let frames: Vec<&CapturedPacket> = video.packets.iter().filter(|p| p.marker).collect();
-        assert!((170..=190).contains(&frames.len()), "frames: {}", frames.len());
-        assert!(frames.windows(2).all(|w| w[1].timestamp.wrapping_sub(w[0].timestamp) == 3000));
+        assert!(
+            (170..=190).contains(&frames.len()),
+            "frames: {}",
+            frames.len()
+        );
+        assert!(frames
+            .windows(2)
+            .all(|w| w[1].timestamp.wrapping_sub(w[0].timestamp) == 3000));
 
         // Opus (RFC 6716 TOC byte): one 20 ms frame per packet, 960 ticks apart.
         for p in &audio.packets {
@@ -875,7 +957,10 @@ mod tests {
             assert!(twenty_ms, "TOC config {config} is not a 20 ms frame");
             assert_eq!(toc & 0x03, 0, "one frame per packet");
         }
-        assert!(audio.packets.windows(2).all(|w| w[1].timestamp.wrapping_sub(w[0].timestamp) == 960));
+        assert!(audio
+            .packets
+            .windows(2)
+            .all(|w| w[1].timestamp.wrapping_sub(w[0].timestamp) == 960));
     }
 
     #[test]
@@ -883,12 +968,23 @@ mod tests {
         let cap = read_capture(&sample_path(), Some(VIDEO_PORT)).unwrap();
         assert_eq!(cap.streams.len(), 1);
         assert_eq!(cap.streams[0].ssrc, VIDEO_SSRC);
-        assert_eq!(cap.ignored, read_capture(&sample_path(), None).unwrap().stream(AUDIO_SSRC).unwrap().packets.len());
+        assert_eq!(
+            cap.ignored,
+            read_capture(&sample_path(), None)
+                .unwrap()
+                .stream(AUDIO_SSRC)
+                .unwrap()
+                .packets
+                .len()
+        );
 
         let err = read_capture(&sample_path(), Some(9)).unwrap_err();
         assert!(matches!(err, CaptureError::NoRtpStreams { .. }), "{err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("port 9") && msg.contains("--udp-port"), "{msg}");
+        assert!(
+            msg.contains("port 9") && msg.contains("--udp-port"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -898,13 +994,19 @@ mod tests {
         let strip = |f: &Vec<u8>| f[14..].to_vec(); // Ethernet II header
 
         let raw: Vec<_> = frames.iter().map(|(t, f)| (*t, strip(f))).collect();
-        assert_same_streams(&reference, &read_bytes(&write_pcap(DataLink::RAW, &raw), None).unwrap());
+        assert_same_streams(
+            &reference,
+            &read_bytes(&write_pcap(DataLink::RAW, &raw), None).unwrap(),
+        );
 
         let null: Vec<_> = frames
             .iter()
             .map(|(t, f)| (*t, [&2u32.to_le_bytes()[..], &f[14..]].concat()))
             .collect();
-        assert_same_streams(&reference, &read_bytes(&write_pcap(DataLink::NULL, &null), None).unwrap());
+        assert_same_streams(
+            &reference,
+            &read_bytes(&write_pcap(DataLink::NULL, &null), None).unwrap(),
+        );
 
         // Linux cooked v1: packet type, ARPHRD_LOOPBACK, address length, address (8), protocol.
         let sll: Vec<_> = frames
@@ -914,17 +1016,25 @@ mod tests {
                 (*t, [&hdr[..], &f[14..]].concat())
             })
             .collect();
-        assert_same_streams(&reference, &read_bytes(&write_pcap(DataLink::LINUX_SLL, &sll), None).unwrap());
+        assert_same_streams(
+            &reference,
+            &read_bytes(&write_pcap(DataLink::LINUX_SLL, &sll), None).unwrap(),
+        );
 
         // Linux cooked v2: protocol, reserved, ifindex, ARPHRD, packet type, address length, address (8).
         let sll2: Vec<_> = frames
             .iter()
             .map(|(t, f)| {
-                let hdr = [0x08, 0x00, 0, 0, 0, 0, 0, 1, 0x03, 0x04, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0];
+                let hdr = [
+                    0x08, 0x00, 0, 0, 0, 0, 0, 1, 0x03, 0x04, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0,
+                ];
                 (*t, [&hdr[..], &f[14..]].concat())
             })
             .collect();
-        assert_same_streams(&reference, &read_bytes(&write_pcap(DataLink::LINUX_SLL2, &sll2), None).unwrap());
+        assert_same_streams(
+            &reference,
+            &read_bytes(&write_pcap(DataLink::LINUX_SLL2, &sll2), None).unwrap(),
+        );
     }
 
     /// `if_tsresol` for 2^-20 s.
@@ -992,14 +1102,22 @@ mod tests {
 
     #[test]
     fn rtp_header_parsing() {
-        let mut p = vec![0x80, 96, 0x12, 0x34, 0, 0, 0x0b, 0xb8, 0x11, 0x22, 0x33, 0x44, 0xaa, 0xbb];
+        let mut p = vec![
+            0x80, 96, 0x12, 0x34, 0, 0, 0x0b, 0xb8, 0x11, 0x22, 0x33, 0x44, 0xaa, 0xbb,
+        ];
         let h = parse_rtp_header(&p).unwrap();
-        assert_eq!((h.payload_type, h.marker, h.seq, h.timestamp, h.ssrc), (96, false, 0x1234, 3000, VIDEO_SSRC));
+        assert_eq!(
+            (h.payload_type, h.marker, h.seq, h.timestamp, h.ssrc),
+            (96, false, 0x1234, 3000, VIDEO_SSRC)
+        );
         assert_eq!((h.header_len, h.padding_len), (12, 0));
         p[1] = 0x80 | 111;
         assert!(parse_rtp_header(&p).unwrap().marker);
 
-        assert!(parse_rtp_header(&p[..11]).is_none(), "shorter than the fixed header");
+        assert!(
+            parse_rtp_header(&p[..11]).is_none(),
+            "shorter than the fixed header"
+        );
         let mut v1 = p.clone();
         v1[0] = 0x40;
         assert!(parse_rtp_header(&v1).is_none(), "version 1");
@@ -1015,11 +1133,16 @@ mod tests {
         assert_eq!(parse_rtp_header(&csrc).unwrap().header_len, 16);
 
         // One-byte-header extension of 1 word.
-        let mut ext = vec![0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0xbe, 0xde, 0, 1, 0x10, 0xff, 0, 0, 0x42];
+        let mut ext = vec![
+            0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0xbe, 0xde, 0, 1, 0x10, 0xff, 0, 0, 0x42,
+        ];
         assert_eq!(parse_rtp_header(&ext).unwrap().header_len, 20);
         ext[15] = 9; // extension longer than the packet
         assert!(parse_rtp_header(&ext).is_none());
-        assert!(parse_rtp_header(&ext[..14]).is_none(), "extension header cut short");
+        assert!(
+            parse_rtp_header(&ext[..14]).is_none(),
+            "extension header cut short"
+        );
 
         // Padding: 2 bytes of payload, 3 of padding.
         let pad = [0xa0, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 7, 8, 0, 0, 3];
@@ -1040,7 +1163,10 @@ mod tests {
         bad_pad[16] = 0;
         assert!(parse_rtp_header(&bad_pad).is_none(), "zero padding count");
         bad_pad[16] = 6;
-        assert!(parse_rtp_header(&bad_pad).is_none(), "padding into the header");
+        assert!(
+            parse_rtp_header(&bad_pad).is_none(),
+            "padding into the header"
+        );
     }
 
     #[test]
@@ -1077,7 +1203,11 @@ mod tests {
         let missing = Path::new("/nonexistent/meridian/capture.pcap");
         let err = read_capture(missing, None).unwrap_err();
         assert!(matches!(err, CaptureError::Io { .. }), "{err:?}");
-        assert!(err.to_string().contains("/nonexistent/meridian/capture.pcap"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("/nonexistent/meridian/capture.pcap"),
+            "{err}"
+        );
 
         let dir = std::env::temp_dir();
         let err = read_capture(&dir, None).unwrap_err();
@@ -1096,7 +1226,10 @@ mod tests {
         let random: Vec<u8> = (0..4096).map(|_| rng.byte()).collect();
         let err = read_bytes(&random, None).unwrap_err();
         assert!(matches!(err, CaptureError::NotCapture { .. }), "{err:?}");
-        assert!(err.to_string().contains("not a pcap or pcapng file"), "{err}");
+        assert!(
+            err.to_string().contains("not a pcap or pcapng file"),
+            "{err}"
+        );
 
         let err = read_bytes(b"GET / HTTP/1.1\r\n\r\n", None).unwrap_err();
         assert!(matches!(err, CaptureError::NotCapture { .. }), "{err:?}");
@@ -1108,12 +1241,18 @@ mod tests {
         // Inside the 24-byte global header.
         for len in [4, 10, 23] {
             let err = read_bytes(&data[..len], None).unwrap_err();
-            assert!(matches!(err, CaptureError::BadHeader { .. }), "{len}: {err:?}");
+            assert!(
+                matches!(err, CaptureError::BadHeader { .. }),
+                "{len}: {err:?}"
+            );
         }
         // Header only, and header plus a partial first record.
         for len in [24, 30, 60] {
             let err = read_bytes(&data[..len], None).unwrap_err();
-            assert!(matches!(err, CaptureError::NoRtpStreams { .. }), "{len}: {err:?}");
+            assert!(
+                matches!(err, CaptureError::NoRtpStreams { .. }),
+                "{len}: {err:?}"
+            );
         }
         // Cut in the middle: the complete records before the cut are kept.
         let full = read_bytes(&data, None).unwrap();
@@ -1121,7 +1260,10 @@ mod tests {
         let half = read_bytes(&data[..data.len() / 2 + 7], None).unwrap();
         assert!(half.truncated);
         let half_count: usize = half.streams.iter().map(|s| s.packets.len()).sum();
-        assert!(half_count > 0 && half_count < full_count, "{half_count} of {full_count}");
+        assert!(
+            half_count > 0 && half_count < full_count,
+            "{half_count} of {full_count}"
+        );
 
         // pcapng cut inside the section header, and in the middle.
         let ng = write_pcapng(&sample_frames(), None);
@@ -1136,7 +1278,10 @@ mod tests {
         let frames = sample_frames();
         let data = write_pcap(DataLink::IEEE802_11, &frames[..3]);
         let err = read_bytes(&data, None).unwrap_err();
-        assert!(matches!(err, CaptureError::UnsupportedLinkType { .. }), "{err:?}");
+        assert!(
+            matches!(err, CaptureError::UnsupportedLinkType { .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("IEEE802_11"), "{err}");
     }
 
@@ -1170,7 +1315,11 @@ mod tests {
                 let flips = 1 + rng.below(16);
                 for _ in 0..flips {
                     // Bias towards headers, where the interesting lengths are.
-                    let limit = if round % 2 == 0 { data.len().min(200) } else { data.len() };
+                    let limit = if round % 2 == 0 {
+                        data.len().min(200)
+                    } else {
+                        data.len()
+                    };
                     let at = rng.below(limit);
                     data[at] = rng.byte();
                 }
@@ -1188,7 +1337,10 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             self.0 >> 33
         }
         fn byte(&mut self) -> u8 {
@@ -1201,15 +1353,5 @@ mod tests {
                 self.next() as usize % n
             }
         }
-    }
-}
-#[cfg(test)]
-mod tmp_any_check {
-    #[test]
-    fn tmp_any_capture() {
-        let p = std::path::Path::new("/tmp/meridian-any.pcap");
-        let cap = super::read_capture(p, None).unwrap();
-        for s in &cap.streams { eprintln!("ANY ssrc={:#x} pt={} n={} kind={:?} dur={:?} src={} dst={}", s.ssrc, s.payload_type, s.packets.len(), s.kind, s.duration(), s.src, s.dst); }
-        eprintln!("ANY skipped={} not_rtp={} ignored={}", cap.skipped, cap.not_rtp, cap.ignored);
     }
 }

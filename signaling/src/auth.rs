@@ -117,8 +117,12 @@ impl Auth {
             exp: now + ttl.as_secs(),
             nbf: now.saturating_sub(1),
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
-            .map_err(|e| AuthError::Invalid(e.to_string()))
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .map_err(|e| AuthError::Invalid(e.to_string()))
     }
 
     /// Checks a token for `room`. In dev mode everything is granted.
@@ -161,15 +165,26 @@ mod tests {
     #[test]
     fn issue_and_verify() {
         let a = Auth::new("key", Some("secret".into()));
-        let t = a.issue("r", "alice", true, false, Duration::from_secs(60)).unwrap();
+        let t = a
+            .issue("r", "alice", true, false, Duration::from_secs(60))
+            .unwrap();
         let g = a.verify(Some(&t), "r").unwrap();
         assert_eq!(g.identity.as_deref(), Some("alice"));
         assert!(g.publish && !g.subscribe);
-        assert!(matches!(a.verify(Some(&t), "other"), Err(AuthError::WrongRoom { .. })));
+        assert!(matches!(
+            a.verify(Some(&t), "other"),
+            Err(AuthError::WrongRoom { .. })
+        ));
         assert_eq!(a.verify(None, "r"), Err(AuthError::Missing));
-        assert!(matches!(a.verify(Some("garbage"), "r"), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            a.verify(Some("garbage"), "r"),
+            Err(AuthError::Invalid(_))
+        ));
         let b = Auth::new("key", Some("other-secret".into()));
-        assert!(matches!(b.verify(Some(&t), "r"), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            b.verify(Some(&t), "r"),
+            Err(AuthError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -184,7 +199,12 @@ mod tests {
             exp: unix_now() - 3600,
             nbf: 0,
         };
-        let t = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"secret")).unwrap();
+        let t = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
         assert_eq!(a.verify(Some(&t), "r"), Err(AuthError::Expired));
     }
 

@@ -234,9 +234,8 @@ impl From<PeerSignal> for ServerMsg {
 
 /// Parses a client message, telling malformed JSON from an unknown type.
 pub fn parse_client(text: &str) -> Result<ClientMsg, ServerMsg> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        ServerMsg::error(ErrorCode::BadMessage, format!("not valid JSON: {e}"))
-    })?;
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ServerMsg::error(ErrorCode::BadMessage, format!("not valid JSON: {e}")))?;
     let Some(ty) = v.get("type").and_then(|t| t.as_str()) else {
         return Err(ServerMsg::error(
             ErrorCode::BadMessage,
@@ -246,13 +245,15 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, ServerMsg> {
     if !CLIENT_TYPES.contains(&ty) {
         return Err(ServerMsg::error(
             ErrorCode::UnknownType,
-            format!("unknown message type {ty:?}; known: {}", CLIENT_TYPES.join(", ")),
+            format!(
+                "unknown message type {ty:?}; known: {}",
+                CLIENT_TYPES.join(", ")
+            ),
         ));
     }
     let ty = ty.to_string();
-    serde_json::from_value(v).map_err(|e| {
-        ServerMsg::error(ErrorCode::BadMessage, format!("bad {ty:?} message: {e}"))
-    })
+    serde_json::from_value(v)
+        .map_err(|e| ServerMsg::error(ErrorCode::BadMessage, format!("bad {ty:?} message: {e}")))
 }
 
 #[cfg(test)]
@@ -277,13 +278,19 @@ mod tests {
         assert_eq!(code("[1,2]"), Some(ErrorCode::BadMessage));
         assert_eq!(code(r#"{"type":"dance"}"#), Some(ErrorCode::UnknownType));
         assert_eq!(code(r#"{"type":"join"}"#), Some(ErrorCode::BadMessage));
-        assert_eq!(code(r#"{"type":"answer","sdp":"x"}"#), Some(ErrorCode::BadMessage));
+        assert_eq!(
+            code(r#"{"type":"answer","sdp":"x"}"#),
+            Some(ErrorCode::BadMessage)
+        );
     }
 
     #[test]
     fn server_messages_serialize_with_type_tag() {
         let s = serde_json::to_string(&ServerMsg::error(ErrorCode::BadSdp, "x")).unwrap();
         assert_eq!(s, r#"{"type":"error","code":"bad_sdp","message":"x"}"#);
-        assert_eq!(serde_json::to_string(&ServerMsg::Pong).unwrap(), r#"{"type":"pong"}"#);
+        assert_eq!(
+            serde_json::to_string(&ServerMsg::Pong).unwrap(),
+            r#"{"type":"pong"}"#
+        );
     }
 }

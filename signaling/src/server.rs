@@ -57,7 +57,11 @@ pub(crate) struct AppState {
 pub(crate) type Shared = Arc<AppState>;
 
 /// An HTTP error with a JSON body: `{"error": code, "message": …}`.
-pub(crate) fn http_error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+pub(crate) fn http_error(
+    status: StatusCode,
+    code: &str,
+    message: impl std::fmt::Display,
+) -> Response {
     let body = serde_json::json!({ "error": code, "message": message.to_string() });
     (status, Json(body)).into_response()
 }
@@ -96,14 +100,22 @@ pub async fn serve(
         // Give sessions a moment to tell their clients.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let (done_tx, done_rx) = oneshot::channel();
-        if graceful_state.node.send(Command::Shutdown { done: done_tx }).await.is_ok() {
+        if graceful_state
+            .node
+            .send(Command::Shutdown { done: done_tx })
+            .await
+            .is_ok()
+        {
             let _ = done_rx.await;
         }
     };
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(graceful)
-        .await
-        .map_err(ServerError::Serve)
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful)
+    .await
+    .map_err(ServerError::Serve)
 }
 
 fn router(state: Shared, web_root: PathBuf) -> Router {
@@ -160,14 +172,47 @@ async fn metrics(State(state): State<Shared>) -> Response {
     let s = state.node.stats();
     let mut out = String::with_capacity(2048);
     let mut gauge = |name: &str, help: &str, kind: &str, v: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
     };
-    gauge("meridian_rooms", "Rooms on this node.", "gauge", s.rooms as u64);
-    gauge("meridian_peers", "Peer connections on this node.", "gauge", s.peers as u64);
-    gauge("meridian_tracks", "Published tracks on this node.", "gauge", s.tracks as u64);
-    gauge("meridian_rtp_received_total", "RTP packets received from publishers.", "counter", s.rtp_in);
-    gauge("meridian_rtp_forwarded_total", "RTP packets forwarded to subscribers.", "counter", s.rtp_forwarded);
-    gauge("meridian_rtp_forwarded_bytes_total", "RTP payload bytes forwarded.", "counter", s.bytes_forwarded);
+    gauge(
+        "meridian_rooms",
+        "Rooms on this node.",
+        "gauge",
+        s.rooms as u64,
+    );
+    gauge(
+        "meridian_peers",
+        "Peer connections on this node.",
+        "gauge",
+        s.peers as u64,
+    );
+    gauge(
+        "meridian_tracks",
+        "Published tracks on this node.",
+        "gauge",
+        s.tracks as u64,
+    );
+    gauge(
+        "meridian_rtp_received_total",
+        "RTP packets received from publishers.",
+        "counter",
+        s.rtp_in,
+    );
+    gauge(
+        "meridian_rtp_forwarded_total",
+        "RTP packets forwarded to subscribers.",
+        "counter",
+        s.rtp_forwarded,
+    );
+    gauge(
+        "meridian_rtp_forwarded_bytes_total",
+        "RTP payload bytes forwarded.",
+        "counter",
+        s.bytes_forwarded,
+    );
     gauge(
         "meridian_keyframe_requests_total",
         "Keyframe requests sent to publishers (after merging).",
@@ -185,7 +230,11 @@ async fn metrics(State(state): State<Shared>) -> Response {
         "# HELP meridian_dropped_total Datagrams and packets dropped, by reason.\n# TYPE meridian_dropped_total counter"
     );
     for (r, n) in s.drops.iter() {
-        let _ = writeln!(out, "meridian_dropped_total{{reason=\"{}\"}} {n}", r.as_str());
+        let _ = writeln!(
+            out,
+            "meridian_dropped_total{{reason=\"{}\"}} {n}",
+            r.as_str()
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -51,7 +51,11 @@ async fn post(
     body: Bytes,
 ) -> Response {
     if state.shutting_down.load(Ordering::SeqCst) {
-        return http_error(StatusCode::SERVICE_UNAVAILABLE, "server_shutdown", "the server is stopping");
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_shutdown",
+            "the server is stopping",
+        );
     }
     let grants = match state.auth.verify(bearer(&headers), &room) {
         Ok(g) => g,
@@ -75,11 +79,19 @@ async fn post(
         );
     }
     if body.len() > MAX_OFFER {
-        return http_error(StatusCode::PAYLOAD_TOO_LARGE, "bad_sdp", "the offer is too large");
+        return http_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_sdp",
+            "the offer is too large",
+        );
     }
     let Ok(offer) = String::from_utf8(body.to_vec()) else {
         BAD_INPUT.record("bad_sdp", &"offer is not UTF-8");
-        return http_error(StatusCode::BAD_REQUEST, "bad_sdp", "the offer is not UTF-8 text");
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+            "the offer is not UTF-8 text",
+        );
     };
     let n = state.next_guest.fetch_add(1, Ordering::Relaxed);
     let prefix = if dir == Dir::Whip { "whip" } else { "whep" };
@@ -124,7 +136,9 @@ async fn post(
             BAD_INPUT.record("bad_sdp", &e);
             http_error(StatusCode::BAD_REQUEST, "bad_sdp", e)
         }
-        Err(e @ CommandError::RoomFull(_)) => http_error(StatusCode::SERVICE_UNAVAILABLE, "room_full", e),
+        Err(e @ CommandError::RoomFull(_)) => {
+            http_error(StatusCode::SERVICE_UNAVAILABLE, "room_full", e)
+        }
         Err(e) => http_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
     }
 }
@@ -164,13 +178,21 @@ pub(crate) async fn session_delete(
     if let Err(e) = state.auth.verify(bearer(&headers), &room) {
         return auth_error(e);
     }
-    let peer = state.sessions.lock().ok().and_then(|mut s| s.remove(&session));
+    let peer = state
+        .sessions
+        .lock()
+        .ok()
+        .and_then(|mut s| s.remove(&session));
     match peer {
         Some(peer) => {
             let _ = state.node.send(Command::Leave { peer }).await;
             StatusCode::NO_CONTENT.into_response()
         }
-        None => http_error(StatusCode::NOT_FOUND, "not_found", format!("no session {session:?}")),
+        None => http_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no session {session:?}"),
+        ),
     }
 }
 

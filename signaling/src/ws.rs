@@ -8,7 +8,9 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use meridian_sfu::core::{CommandError, JoinKind, JoinRequest, MuteTarget, PeerId, RoomId, TrackId};
+use meridian_sfu::core::{
+    CommandError, JoinKind, JoinRequest, MuteTarget, PeerId, RoomId, TrackId,
+};
 use meridian_sfu::io::{Command, PeerEvent, PEER_EVENT_QUEUE};
 use str0m::media::Mid;
 use tokio::sync::mpsc;
@@ -148,25 +150,44 @@ impl Session {
             return Step::Reply(vec![ServerMsg::Pong]);
         }
         let Some(peer) = self.peer else {
-            return Step::Reply(vec![ServerMsg::error(ErrorCode::NotJoined, "send \"join\" first")]);
+            return Step::Reply(vec![ServerMsg::error(
+                ErrorCode::NotJoined,
+                "send \"join\" first",
+            )]);
         };
         let node = &self.state.node;
         let result = match msg {
             ClientMsg::Offer { sdp, seq } => node
                 .call(|reply| Command::Offer { peer, sdp, reply })
                 .await
-                .map(|sdp| vec![ServerMsg::Answer { sdp, seq: seq.unwrap_or(0) }]),
+                .map(|sdp| {
+                    vec![ServerMsg::Answer {
+                        sdp,
+                        seq: seq.unwrap_or(0),
+                    }]
+                }),
             ClientMsg::Answer { sdp, seq } => node
-                .call(|reply| Command::Answer { peer, sdp, seq, reply })
+                .call(|reply| Command::Answer {
+                    peer,
+                    sdp,
+                    seq,
+                    reply,
+                })
                 .await
                 .map(|_| vec![]),
             // ICE-lite: the client's addresses are learned from its STUN checks.
             ClientMsg::Candidate { .. } => Ok(vec![]),
             ClientMsg::TrackInfo { mid, label } => {
                 let label: String = label.chars().take(MAX_NAME).collect();
-                node.send(Command::Label { peer, mid, label }).await.map(|_| vec![])
+                node.send(Command::Label { peer, mid, label })
+                    .await
+                    .map(|_| vec![])
             }
-            ClientMsg::Mute { track_id, mid, muted } => {
+            ClientMsg::Mute {
+                track_id,
+                mid,
+                muted,
+            } => {
                 let target = match (track_id.as_deref().and_then(TrackId::parse), mid) {
                     (Some(t), _) => MuteTarget::Track(t),
                     (None, Some(m)) => MuteTarget::Mid(Mid::from(m.as_str())),
@@ -177,24 +198,44 @@ impl Session {
                         )])
                     }
                 };
-                node.call(|reply| Command::Mute { peer, target, muted, reply })
-                    .await
-                    .map(|_| vec![])
+                node.call(|reply| Command::Mute {
+                    peer,
+                    target,
+                    muted,
+                    reply,
+                })
+                .await
+                .map(|_| vec![])
             }
-            ClientMsg::Subscribe { track_ids } | ClientMsg::Unsubscribe { track_ids } if track_ids.iter().any(|t| TrackId::parse(t).is_none()) => {
-                return Step::Reply(vec![ServerMsg::error(ErrorCode::BadMessage, "track ids look like \"t12\"")]);
+            ClientMsg::Subscribe { track_ids } | ClientMsg::Unsubscribe { track_ids }
+                if track_ids.iter().any(|t| TrackId::parse(t).is_none()) =>
+            {
+                return Step::Reply(vec![ServerMsg::error(
+                    ErrorCode::BadMessage,
+                    "track ids look like \"t12\"",
+                )]);
             }
             ClientMsg::Subscribe { track_ids } => {
                 let tracks = track_ids.iter().filter_map(|t| TrackId::parse(t)).collect();
-                node.call(|reply| Command::Subscribe { peer, tracks, on: true, reply })
-                    .await
-                    .map(|_| vec![])
+                node.call(|reply| Command::Subscribe {
+                    peer,
+                    tracks,
+                    on: true,
+                    reply,
+                })
+                .await
+                .map(|_| vec![])
             }
             ClientMsg::Unsubscribe { track_ids } => {
                 let tracks = track_ids.iter().filter_map(|t| TrackId::parse(t)).collect();
-                node.call(|reply| Command::Subscribe { peer, tracks, on: false, reply })
-                    .await
-                    .map(|_| vec![])
+                node.call(|reply| Command::Subscribe {
+                    peer,
+                    tracks,
+                    on: false,
+                    reply,
+                })
+                .await
+                .map(|_| vec![])
             }
             ClientMsg::Leave => {
                 self.peer = None;
@@ -209,14 +250,28 @@ impl Session {
         }
     }
 
-    async fn join(&mut self, room: String, name: Option<String>, auto_subscribe: Option<bool>) -> Step {
+    async fn join(
+        &mut self,
+        room: String,
+        name: Option<String>,
+        auto_subscribe: Option<bool>,
+    ) -> Step {
         if self.peer.is_some() {
-            return Step::Reply(vec![ServerMsg::error(ErrorCode::AlreadyJoined, "this session has joined already")]);
+            return Step::Reply(vec![ServerMsg::error(
+                ErrorCode::AlreadyJoined,
+                "this session has joined already",
+            )]);
         }
         if self.state.shutting_down.load(Ordering::SeqCst) {
-            return Step::Close(vec![ServerMsg::error(ErrorCode::ServerShutdown, "the server is stopping; try another node")]);
+            return Step::Close(vec![ServerMsg::error(
+                ErrorCode::ServerShutdown,
+                "the server is stopping; try another node",
+            )]);
         }
-        if room.is_empty() || room.len() > MAX_NAME || room.chars().any(|c| c.is_control() || c == '/') {
+        if room.is_empty()
+            || room.len() > MAX_NAME
+            || room.chars().any(|c| c.is_control() || c == '/')
+        {
             return Step::Reply(vec![ServerMsg::error(
                 ErrorCode::BadMessage,
                 "room must be 1–128 characters, no '/' or control characters",
@@ -226,7 +281,10 @@ impl Session {
             Ok(g) => g,
             Err(e) => {
                 BAD_INPUT.record("unauthorized", &e);
-                return Step::Close(vec![ServerMsg::error(ErrorCode::Unauthorized, e.to_string())]);
+                return Step::Close(vec![ServerMsg::error(
+                    ErrorCode::Unauthorized,
+                    e.to_string(),
+                )]);
             }
         };
         let guest = self.state.next_guest.fetch_add(1, Ordering::Relaxed);
@@ -237,7 +295,10 @@ impl Session {
             .take(MAX_NAME)
             .collect();
         // Without tokens there is no identity to trust: each session gets its own.
-        let identity = grants.identity.clone().unwrap_or_else(|| format!("{name}#{guest}"));
+        let identity = grants
+            .identity
+            .clone()
+            .unwrap_or_else(|| format!("{name}#{guest}"));
         let req = JoinRequest {
             room: RoomId(room.clone()),
             identity: identity.clone(),
@@ -248,7 +309,12 @@ impl Session {
             auto_subscribe: auto_subscribe.unwrap_or(true),
         };
         let events = self.events_tx.clone();
-        match self.state.node.call(|reply| Command::Join { req, events, reply }).await {
+        match self
+            .state
+            .node
+            .call(|reply| Command::Join { req, events, reply })
+            .await
+        {
             Ok((peer, participants)) => {
                 self.peer = Some(peer);
                 tracing::Span::current().record("peer", tracing::field::display(peer));

@@ -96,7 +96,9 @@ fn h264_keyframe(p: &[u8]) -> bool {
             }
             false
         }
-        28 => p.get(1).is_some_and(|fu| fu & 0x80 != 0 && is_key(fu & 0x1f)),
+        28 => p
+            .get(1)
+            .is_some_and(|fu| fu & 0x80 != 0 && is_key(fu & 0x1f)),
         t => is_key(t),
     }
 }

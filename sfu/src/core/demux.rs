@@ -140,7 +140,10 @@ mod tests {
         let mut d = Demux::default();
         d.add_peer("srvA", PeerId(1));
         d.add_peer("srvB", PeerId(2));
-        assert_eq!(d.route(t0, addr(5000), &[0x80, 0, 0]), Err(DemuxMiss::UnknownSource));
+        assert_eq!(
+            d.route(t0, addr(5000), &[0x80, 0, 0]),
+            Err(DemuxMiss::UnknownSource)
+        );
         let stun = binding_request("srvB", "cli");
         assert_eq!(d.route(t0, addr(5000), &stun), Ok(PeerId(2)));
         assert_eq!(d.route(t0, addr(5000), &[0x80, 0x60, 0, 1]), Ok(PeerId(2)));
@@ -148,7 +151,10 @@ mod tests {
             d.route(t0, addr(5001), &binding_request("nobody", "cli")),
             Err(DemuxMiss::UnknownUfrag)
         );
-        assert_eq!(d.route(t0, addr(5002), &[0, 1, 0, 4, 1]), Err(DemuxMiss::BadStun));
+        assert_eq!(
+            d.route(t0, addr(5002), &[0, 1, 0, 4, 1]),
+            Err(DemuxMiss::BadStun)
+        );
     }
 
     #[test]
@@ -163,11 +169,17 @@ mod tests {
         d.remove_peer(PeerId(1));
         assert_eq!(d.addr_count(), 1);
         assert_eq!(d.ufrag_count(), 1);
-        assert_eq!(d.route(t0, addr(1), &[0x80, 0]), Err(DemuxMiss::UnknownSource));
+        assert_eq!(
+            d.route(t0, addr(1), &[0x80, 0]),
+            Err(DemuxMiss::UnknownSource)
+        );
         // Peer 2 goes silent.
         d.evict_idle(t0 + ADDR_IDLE_TIMEOUT + Duration::from_secs(1));
         assert_eq!(d.addr_count(), 0);
-        assert_eq!(d.route(t0, addr(2), &[0x80, 0]), Err(DemuxMiss::UnknownSource));
+        assert_eq!(
+            d.route(t0, addr(2), &[0x80, 0]),
+            Err(DemuxMiss::UnknownSource)
+        );
     }
 
     #[test]

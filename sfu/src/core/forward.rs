@@ -36,6 +36,7 @@ pub enum Decision {
 #[derive(Debug)]
 pub struct Forwarder {
     first_seq: u16,
+    first_ts: u32,
     rewriter: Option<StreamRewriter>,
     /// Video waits for a keyframe before the first packet and after a resume.
     waiting_keyframe: bool,
@@ -43,10 +44,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// `first_seq` seeds the outgoing sequence numbers (keep it < 2^15).
-    pub fn new(first_seq: u16) -> Self {
+    /// `first_seq`/`first_ts` start the outgoing stream (keep seq < 2^15).
+    pub fn new(first_seq: u16, first_ts: u32) -> Self {
         Forwarder {
             first_seq,
+            first_ts,
             rewriter: None,
             waiting_keyframe: true,
             resume_epoch: 0,
@@ -78,10 +80,10 @@ impl Forwarder {
             }
             self.waiting_keyframe = false;
         }
-        let first_seq = self.first_seq;
+        let (first_seq, first_ts) = (self.first_seq, self.first_ts);
         let rewriter = self
             .rewriter
-            .get_or_insert_with(|| StreamRewriter::new(p.clock_rate, first_seq, 0));
+            .get_or_insert_with(|| StreamRewriter::new(p.clock_rate, first_seq, first_ts));
         let rin = InPacket {
             source: p.source,
             seq: p.seq,
@@ -124,18 +126,27 @@ mod tests {
     #[test]
     fn video_starts_on_keyframe_and_resumes_on_keyframe_without_gap() {
         let t0 = Instant::now();
-        let mut f = Forwarder::new(1);
+        let mut f = Forwarder::new(1, 0);
         assert_eq!(
             f.decide(&p(10, false, 0, t0)),
             Decision::Drop(DropReason::WaitingForKeyframe)
         );
-        assert!(matches!(f.decide(&p(11, true, 0, t0)), Decision::Forward { seq: 1, .. }));
-        assert!(matches!(f.decide(&p(12, false, 0, t0)), Decision::Forward { seq: 2, .. }));
+        assert!(matches!(
+            f.decide(&p(11, true, 0, t0)),
+            Decision::Forward { seq: 1, .. }
+        ));
+        assert!(matches!(
+            f.decide(&p(12, false, 0, t0)),
+            Decision::Forward { seq: 2, .. }
+        ));
         // Muted for a while then unmuted (epoch 1): drop until a keyframe, then continue at 3.
         assert_eq!(
             f.decide(&p(100, false, 1, t0)),
             Decision::Drop(DropReason::WaitingForKeyframe)
         );
-        assert!(matches!(f.decide(&p(101, true, 1, t0)), Decision::Forward { seq: 3, .. }));
+        assert!(matches!(
+            f.decide(&p(101, true, 1, t0)),
+            Decision::Forward { seq: 3, .. }
+        ));
     }
 }

@@ -4,6 +4,8 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::ChannelData;
 use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, MediaKind, Mid};
@@ -14,10 +16,10 @@ use tracing::{debug, trace};
 
 use super::codec::{is_keyframe, CodecKind};
 use super::demux::{Demux, DemuxMiss};
-use super::forward::{Decision, FwdPacket, Forwarder};
+use super::forward::{Decision, Forwarder, FwdPacket};
 use super::ids::{PeerId, RoomId, TrackId};
 use super::keyframe::KeyframeThrottle;
-use super::peer::{Negotiation, OutTrack, PendingOffer, Peer, PeerKind, Published};
+use super::peer::{Negotiation, OutTrack, Peer, PeerKind, PendingOffer, Published};
 use super::rewrite::SourceKey;
 use super::room::{Room, Track};
 use super::{DropCounters, DropReason};
@@ -44,6 +46,9 @@ pub struct NodeConfig {
     /// How long a lost publisher's tracks wait for the same identity to come
     /// back before they are unpublished.
     pub reconnect_grace: Duration,
+    /// Seed for start sequence numbers and timestamps; `None` draws one
+    /// from the OS. Tests set it to be reproducible.
+    pub seed: Option<u64>,
 }
 
 impl NodeConfig {
@@ -52,6 +57,7 @@ impl NodeConfig {
             candidate_addr,
             max_peers_per_room: 100,
             reconnect_grace: Duration::from_secs(10),
+            seed: None,
         }
     }
 }
@@ -100,20 +106,36 @@ pub struct TrackMapEntry {
 /// A message for one peer's signaling session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerSignal {
-    Offer { sdp: String, seq: u64 },
+    Offer {
+        sdp: String,
+        seq: u64,
+    },
     TrackMap(Vec<TrackMapEntry>),
     ParticipantJoined(ParticipantInfo),
     ParticipantLeft(PeerId),
-    TrackPublished { peer_id: PeerId, track: TrackInfo },
-    TrackUnpublished { peer_id: PeerId, track_id: TrackId },
-    TrackMuted { peer_id: PeerId, track_id: TrackId, muted: bool },
+    TrackPublished {
+        peer_id: PeerId,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        peer_id: PeerId,
+        track_id: TrackId,
+    },
+    TrackMuted {
+        peer_id: PeerId,
+        track_id: TrackId,
+        muted: bool,
+    },
 }
 
 #[derive(Debug)]
 pub enum NodeEvent {
     Signal(PeerId, PeerSignal),
     /// The peer is gone (left, lost its connection, replaced, timed out).
-    PeerGone { peer: PeerId, reason: &'static str },
+    PeerGone {
+        peer: PeerId,
+        reason: &'static str,
+    },
 }
 
 #[derive(Debug)]
@@ -172,9 +194,12 @@ pub struct Node {
     dirty: VecDeque<PeerId>,
     renegotiate: BTreeSet<PeerId>,
     events: VecDeque<NodeEvent>,
+    /// Datagrams produced while draining a peer inside `handle_receive`.
+    transmits: VecDeque<Transmit>,
     next_housekeeping: Instant,
     next_evict: Instant,
     stats: NodeStats,
+    rng: SmallRng,
 }
 
 fn rtc_config() -> RtcConfig {
@@ -194,6 +219,10 @@ fn sdp_error(e: impl std::fmt::Display) -> CommandError {
 
 impl Node {
     pub fn new(config: NodeConfig, now: Instant) -> Self {
+        let rng = match config.seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_os_rng(),
+        };
         Node {
             config,
             now,
@@ -205,9 +234,11 @@ impl Node {
             dirty: VecDeque::new(),
             renegotiate: BTreeSet::new(),
             events: VecDeque::new(),
+            transmits: VecDeque::new(),
             next_housekeeping: now,
             next_evict: now + DEMUX_EVICT_INTERVAL,
             stats: NodeStats::default(),
+            rng,
         }
     }
 
@@ -323,7 +354,12 @@ impl Node {
         let info = participant_info(&peer, room);
         let mut wanted = BTreeSet::new();
         if peer.auto_subscribe {
-            wanted.extend(room.tracks.values().filter(|t| t.owner.is_some()).map(|t| t.id));
+            wanted.extend(
+                room.tracks
+                    .values()
+                    .filter(|t| t.owner.is_some())
+                    .map(|t| t.id),
+            );
         }
         let others: Vec<PeerId> = room.peers.iter().copied().filter(|p| *p != id).collect();
         let mut peer = peer;
@@ -428,7 +464,10 @@ impl Node {
             .sdp_api()
             .accept_answer(pending.offer, answer)
             .map_err(sdp_error)?;
-        let room = self.rooms.get_mut(&peer.room).expect("a peer's room exists");
+        let room = self
+            .rooms
+            .get_mut(&peer.room)
+            .expect("a peer's room exists");
         let mut want_keyframe = Vec::new();
         for mid in pending.stops {
             peer.outs.retain(|o| o.mid != mid);
@@ -437,11 +476,12 @@ impl Node {
         for (track, mid, kind) in pending.adds {
             let Some(t) = room.tracks.get_mut(&track) else {
                 // Unpublished while we negotiated: the next offer stops it.
-                peer.outs.push(new_out(mid, kind, None, id, mid));
+                peer.outs.push(new_out(mid, kind, None, &mut self.rng));
                 continue;
             };
             t.subscribers.push((id, mid));
-            peer.outs.push(new_out(mid, kind, Some(track), id, mid));
+            peer.outs
+                .push(new_out(mid, kind, Some(track), &mut self.rng));
             if kind == MediaKind::Video {
                 want_keyframe.push(track);
             }
@@ -454,7 +494,12 @@ impl Node {
     }
 
     /// A label for one of the client's own m-lines ("camera", "screen", …).
-    pub fn set_track_label(&mut self, id: PeerId, mid: Mid, label: String) -> Result<(), CommandError> {
+    pub fn set_track_label(
+        &mut self,
+        id: PeerId,
+        mid: Mid,
+        label: String,
+    ) -> Result<(), CommandError> {
         let peer = self
             .peers
             .get_mut(&id)
@@ -522,13 +567,20 @@ impl Node {
         Ok(())
     }
 
-    pub fn subscribe(&mut self, id: PeerId, tracks: &[TrackId], on: bool) -> Result<(), CommandError> {
+    pub fn subscribe(
+        &mut self,
+        id: PeerId,
+        tracks: &[TrackId],
+        on: bool,
+    ) -> Result<(), CommandError> {
         let peer = self
             .peers
             .get_mut(&id)
             .ok_or(CommandError::UnknownPeer(id))?;
         if !peer.can_subscribe {
-            return Err(CommandError::Forbidden("the token does not grant subscribe"));
+            return Err(CommandError::Forbidden(
+                "the token does not grant subscribe",
+            ));
         }
         let room = self.rooms.get(&peer.room).expect("a peer's room exists");
         for t in tracks {
@@ -606,7 +658,34 @@ impl Node {
             trace!(peer = %id, error = %e, "datagram rejected");
             self.stats.drops.add(DropReason::RejectedByPeer);
         }
-        Self::mark_dirty(&mut self.dirty, peer);
+        // In RTP mode str0m holds one received packet until the next
+        // poll_output: drain this peer now, before the next datagram.
+        // Subscribers written to are only marked dirty, so a batch of
+        // datagrams still costs one str0m tick per subscriber.
+        self.drain_peer(id);
+    }
+
+    /// Polls one peer until it has nothing more; transmits are queued.
+    fn drain_peer(&mut self, id: PeerId) {
+        loop {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                return;
+            };
+            match peer.rtc.poll_output() {
+                Ok(str0m::Output::Transmit(t)) => self.transmits.push_back(t),
+                Ok(str0m::Output::Timeout(t)) => {
+                    peer.next_timeout = Some(t);
+                    return;
+                }
+                Ok(str0m::Output::Event(e)) => self.handle_event(id, e),
+                Err(e) => {
+                    debug!(peer = %id, error = %e, "peer failed");
+                    peer.rtc.disconnect();
+                    Self::mark_dirty(&mut self.dirty, peer);
+                    return;
+                }
+            }
+        }
     }
 
     /// Time passed: let every peer whose timer is due run.
@@ -679,6 +758,9 @@ impl Node {
     /// Drains output. Call until it returns `Output::Timeout`.
     pub fn poll_output(&mut self) -> Output {
         loop {
+            if let Some(t) = self.transmits.pop_front() {
+                return Output::Transmit(t);
+            }
             if let Some(e) = self.events.pop_front() {
                 return Output::Event(e);
             }
@@ -752,10 +834,8 @@ impl Node {
                 }
             }
             Event::MediaAdded(m) => self.on_media_added(id, m),
-            Event::MediaChanged(m) => {
-                if !m.direction.is_receiving() {
-                    self.on_media_stopped(id, m.mid);
-                }
+            Event::MediaChanged(m) if !m.direction.is_receiving() => {
+                self.on_media_stopped(id, m.mid);
             }
             Event::ChannelOpen(cid, label) => {
                 debug!(peer = %id, %label, "data channel open");
@@ -782,7 +862,10 @@ impl Node {
                 debug!(peer = %id, mid = %m.mid, "publish not granted; ignoring m-line");
                 return;
             }
-            let room = self.rooms.get_mut(&peer.room).expect("a peer's room exists");
+            let room = self
+                .rooms
+                .get_mut(&peer.room)
+                .expect("a peer's room exists");
             let label = peer.label_for(m.mid, m.kind);
             let adopted = room.orphan_for(&peer.identity, m.kind);
             let track_id = if let Some(tid) = adopted {
@@ -847,7 +930,7 @@ impl Node {
             // Only WHEP offers create m-lines for us to send on; WebSocket
             // clients receive on m-lines the server adds.
             if let PeerKind::Whep { .. } = peer.kind {
-                peer.outs.push(new_out(m.mid, m.kind, None, id, m.mid));
+                peer.outs.push(new_out(m.mid, m.kind, None, &mut self.rng));
                 let room_id = peer.room.clone();
                 self.rebind_players(&room_id);
             }
@@ -1100,7 +1183,11 @@ impl Node {
 
     fn request_keyframe(&mut self, room: &RoomId, track: TrackId) {
         let now = self.now;
-        let Some(t) = self.rooms.get_mut(room).and_then(|r| r.tracks.get_mut(&track)) else {
+        let Some(t) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.tracks.get_mut(&track))
+        else {
             return;
         };
         if t.kind != MediaKind::Video {
@@ -1191,7 +1278,13 @@ impl Node {
             }
             let t = &room.tracks[tid];
             let stream_id = t.owner.map(|o| o.to_string());
-            let mid = api.add_media(t.kind, Direction::SendOnly, stream_id, Some(tid.to_string()), None);
+            let mid = api.add_media(
+                t.kind,
+                Direction::SendOnly,
+                stream_id,
+                Some(tid.to_string()),
+                None,
+            );
             adds.push((*tid, mid, t.kind));
         }
         for o in &peer.outs {
@@ -1278,7 +1371,8 @@ impl Node {
         for o in others {
             self.signal(o, PeerSignal::ParticipantLeft(id));
         }
-        self.events.push_back(NodeEvent::PeerGone { peer: id, reason });
+        self.events
+            .push_back(NodeEvent::PeerGone { peer: id, reason });
     }
 
     fn signal(&mut self, to: PeerId, s: PeerSignal) {
@@ -1290,18 +1384,16 @@ impl Node {
     }
 }
 
-fn new_out(mid: Mid, kind: MediaKind, source: Option<TrackId>, peer: PeerId, salt: Mid) -> OutTrack {
-    // A per-stream starting sequence number below 2^15 (see StreamTx::write_rtp).
-    let seed = peer.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (salt.to_string().len() as u64 * 7919);
-    let mut first = (seed >> 17) as u16 & 0x7fff;
-    for b in salt.as_bytes() {
-        first = first.wrapping_mul(31).wrapping_add(u16::from(*b)) & 0x7fff;
-    }
+fn new_out(mid: Mid, kind: MediaKind, source: Option<TrackId>, rng: &mut SmallRng) -> OutTrack {
+    // Random start (RFC 3550 §5.1), below 2^15 so receivers need no
+    // out-of-band rollover counter (see str0m's StreamTx::write_rtp).
+    let first_seq = rng.random_range(1..0x8000u16);
+    let first_ts = rng.random::<u32>();
     OutTrack {
         mid,
         kind,
         source,
-        fwd: Forwarder::new(first.max(1)),
+        fwd: Forwarder::new(first_seq, first_ts),
         pt_map: None,
     }
 }

@@ -116,10 +116,7 @@ impl StreamRewriter {
             self.max_out_ts = ts;
             self.last_arrival = Some(p.arrival);
         }
-        Ok(Rewritten {
-            seq,
-            ts: ts as u32,
-        })
+        Ok(Rewritten { seq, ts: ts as u32 })
     }
 
     fn reanchor(&mut self, p: &InPacket) {
@@ -192,7 +189,10 @@ mod tests {
         let mut r = StreamRewriter::new(90_000, 1, 0);
         let mut last = None;
         for i in 0..10u64 {
-            last = Some(r.rewrite(&pkt(src(7), 65_530 + i, 3000 * i, t0, 33 * i)).unwrap());
+            last = Some(
+                r.rewrite(&pkt(src(7), 65_530 + i, 3000 * i, t0, 33 * i))
+                    .unwrap(),
+            );
         }
         let last = last.unwrap();
         // The publisher comes back 500 ms later with a new SSRC and a random base.

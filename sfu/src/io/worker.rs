@@ -130,10 +130,7 @@ impl NodeHandle {
     }
 
     /// Sends a command and waits for its reply.
-    pub async fn call<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, CommandError> {
+    pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, CommandError> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx)).await?;
         rx.await
@@ -169,7 +166,8 @@ pub fn spawn_node(
                 .build()
                 .expect("a current-thread runtime builds");
             rt.block_on(async move {
-                let socket = UdpSocket::from_std(std_sock).expect("a nonblocking std socket converts");
+                let socket =
+                    UdpSocket::from_std(std_sock).expect("a nonblocking std socket converts");
                 let node = Node::new(NodeConfig::new(candidate_addr), Instant::now());
                 Worker {
                     node,
@@ -289,7 +287,9 @@ impl Worker {
                 let _ = reply.send(self.node.handle_answer(now, peer, &sdp, seq));
             }
             Command::Label { peer, mid, label } => {
-                let _ = self.node.set_track_label(peer, Mid::from(mid.as_str()), label);
+                let _ = self
+                    .node
+                    .set_track_label(peer, Mid::from(mid.as_str()), label);
             }
             Command::Mute {
                 peer,
@@ -327,7 +327,9 @@ impl Worker {
         loop {
             match self.node.poll_output() {
                 Output::Transmit(t) => self.send(&t.contents, t.destination).await,
-                Output::Event(NodeEvent::Signal(peer, s)) => self.deliver(peer, PeerEvent::Signal(s)),
+                Output::Event(NodeEvent::Signal(peer, s)) => {
+                    self.deliver(peer, PeerEvent::Signal(s))
+                }
                 Output::Event(NodeEvent::PeerGone { peer, reason }) => {
                     if let Some(tx) = self.sessions.remove(&peer) {
                         let _ = tx.try_send(PeerEvent::Gone { reason });

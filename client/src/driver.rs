@@ -1,0 +1,496 @@
+//! The task that drives one client's str0m `Rtc`: UDP socket, timers,
+//! WebSocket signaling (when used) and outgoing RTP commands.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use meridian_signaling::protocol::{ClientMsg, ServerMsg};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::debug;
+
+use crate::{ClientConfig, ClientError, ClientEvent, OutRtp, ReceivedRtp};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long to wait for the server's answer / joined message.
+const SIGNALING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signaling {
+    Whip,
+    Whep,
+}
+
+#[derive(Debug)]
+pub(crate) enum DriverCmd {
+    Rtp(OutRtp),
+    Chat(String),
+    Close,
+}
+
+struct Outgoing {
+    mid: Mid,
+    codec: Codec,
+    pt: Option<Pt>,
+    next_seq: u64,
+}
+
+pub(crate) struct Driver {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    ws: Option<Ws>,
+    outgoing: HashMap<MediaKind, Outgoing>,
+    /// mid → server track id, from `track_map`.
+    track_ids: HashMap<String, String>,
+    /// Our own offer awaiting the server's answer (impolite side of glare).
+    pending: Option<SdpPendingOffer>,
+    channel: Option<ChannelId>,
+}
+
+fn rtc_error(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Rtc(e.to_string())
+}
+
+impl Driver {
+    async fn new(cfg: &ClientConfig) -> Result<Driver, ClientError> {
+        let socket = UdpSocket::bind(SocketAddr::new(cfg.bind_ip, 0)).await?;
+        let local = socket.local_addr()?;
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_vp9(true)
+            .build(Instant::now());
+        let cand = Candidate::host(local, "udp").map_err(rtc_error)?;
+        rtc.add_local_candidate(cand);
+        Ok(Driver {
+            rtc,
+            socket,
+            local,
+            ws: None,
+            outgoing: HashMap::new(),
+            track_ids: HashMap::new(),
+            pending: None,
+            channel: None,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Adds our send (or, for WHEP, receive) m-lines and creates the offer.
+    fn make_offer(
+        &mut self,
+        cfg: &ClientConfig,
+        sig: Option<Signaling>,
+    ) -> (SdpOffer, SdpPendingOffer) {
+        let mut api = self.rtc.sdp_api();
+        let mut adds = Vec::new();
+        if sig == Some(Signaling::Whep) {
+            api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+            api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        } else {
+            if cfg.publish_audio {
+                let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+                adds.push((MediaKind::Audio, mid, Codec::Opus));
+            }
+            if cfg.publish_video {
+                let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+                adds.push((MediaKind::Video, mid, cfg.video_codec.codec()));
+            }
+        }
+        if sig.is_none() {
+            api.add_channel("meridian".into());
+        }
+        let (offer, pending) = api.apply().expect("an offer with at least one m-line");
+        for (kind, mid, codec) in adds {
+            self.outgoing.insert(
+                kind,
+                Outgoing {
+                    mid,
+                    codec,
+                    pt: None,
+                    next_seq: 1,
+                },
+            );
+        }
+        (offer, pending)
+    }
+
+    /// WebSocket: join, offer, wait for the answer. Returns the driver and
+    /// our peer id.
+    pub async fn connect_ws(cfg: &ClientConfig) -> Result<(Driver, Option<String>), ClientError> {
+        let mut d = Driver::new(cfg).await?;
+        let base = cfg
+            .server
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1);
+        let url = match &cfg.token {
+            Some(t) => format!("{base}/ws?token={t}"),
+            None => format!("{base}/ws"),
+        };
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(&url)
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    url: url.clone(),
+                    detail: e.to_string(),
+                })?;
+        send_json(
+            &mut ws,
+            &ClientMsg::Join {
+                room: cfg.room.clone(),
+                name: Some(cfg.name.clone()),
+                auto_subscribe: Some(cfg.auto_subscribe),
+            },
+        )
+        .await?;
+        let peer_id = match recv_json(&mut ws).await? {
+            ServerMsg::Joined { peer_id, .. } => peer_id,
+            ServerMsg::Error { code, message } => {
+                return Err(ClientError::Refused {
+                    code: format!("{code:?}"),
+                    message,
+                })
+            }
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected joined, got {other:?}"
+                )))
+            }
+        };
+        let (offer, pending) = d.make_offer(cfg, None);
+        send_json(
+            &mut ws,
+            &ClientMsg::Offer {
+                sdp: offer.to_sdp_string(),
+                seq: Some(0),
+            },
+        )
+        .await?;
+        // Events may arrive before our answer; keep them for the run loop.
+        let mut early = Vec::new();
+        let answer = loop {
+            match recv_json(&mut ws).await? {
+                ServerMsg::Answer { sdp, .. } => break sdp,
+                ServerMsg::Error { code, message } => {
+                    return Err(ClientError::Refused {
+                        code: format!("{code:?}"),
+                        message,
+                    })
+                }
+                other => early.push(other),
+            }
+        };
+        let answer = SdpAnswer::from_sdp_string(&answer).map_err(rtc_error)?;
+        d.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(rtc_error)?;
+        d.ws = Some(ws);
+        for m in early {
+            d.early_signal(m);
+        }
+        Ok((d, Some(peer_id)))
+    }
+
+    fn early_signal(&mut self, m: ServerMsg) {
+        if let ServerMsg::TrackMap { tracks } = &m {
+            for t in tracks {
+                self.track_ids.insert(t.mid.clone(), t.track_id.clone());
+            }
+        }
+    }
+
+    /// WHIP/WHEP: one POST. Returns the driver and the resource location.
+    pub async fn connect_http(
+        cfg: &ClientConfig,
+        url: &str,
+        sig: Signaling,
+    ) -> Result<(Driver, String), ClientError> {
+        let mut d = Driver::new(cfg).await?;
+        let (offer, pending) = d.make_offer(cfg, Some(sig));
+        let mut req = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/sdp")
+            .body(offer.to_sdp_string());
+        if let Some(t) = &cfg.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = tokio::time::timeout(SIGNALING_TIMEOUT, req.send())
+            .await
+            .map_err(|_| ClientError::Timeout("the WHIP/WHEP answer"))?
+            .map_err(|e| ClientError::Unreachable {
+                url: url.to_string(),
+                detail: e.to_string(),
+            })?;
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.text().await.unwrap_or_default();
+        if status != 201 {
+            return Err(ClientError::Http { status, body });
+        }
+        let location =
+            location.ok_or_else(|| ClientError::Protocol("201 without Location".into()))?;
+        let answer = SdpAnswer::from_sdp_string(&body).map_err(rtc_error)?;
+        d.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(rtc_error)?;
+        Ok((d, location))
+    }
+
+    pub async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<DriverCmd>,
+        events: mpsc::Sender<ClientEvent>,
+    ) {
+        let mut buf = vec![0u8; 2048];
+        let reason = loop {
+            let timeout = match self.drain(&events).await {
+                Ok(t) => t,
+                Err(why) => break why,
+            };
+            let ws_next = async {
+                match self.ws.as_mut() {
+                    Some(ws) => ws.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    let Ok((n, source)) = r else { continue };
+                    let Ok(contents) = buf[..n].try_into() else { continue };
+                    let input = Input::Receive(Instant::now(), Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination: self.local,
+                        contents,
+                    });
+                    if let Err(e) = self.rtc.handle_input(input) {
+                        debug!(error = %e, "client rejected a datagram");
+                    }
+                }
+                msg = ws_next => match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        match serde_json::from_str::<ServerMsg>(t.as_str()) {
+                            Ok(m) => if let Err(why) = self.on_signal(m, &events).await { break why },
+                            Err(e) => debug!(error = %e, "unparseable server message"),
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None => {
+                        self.ws = None;
+                        break "signaling closed".to_string();
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        self.ws = None;
+                        break format!("signaling failed: {e}");
+                    }
+                },
+                cmd = cmds.recv() => match cmd {
+                    Some(DriverCmd::Rtp(p)) => self.write_rtp(p),
+                    Some(DriverCmd::Chat(text)) => self.chat(&text),
+                    Some(DriverCmd::Close) | None => {
+                        if let Some(ws) = self.ws.as_mut() {
+                            let _ = send_json(ws, &ClientMsg::Leave).await;
+                        }
+                        self.rtc.disconnect();
+                        break "closed".to_string();
+                    }
+                },
+                _ = tokio::time::sleep_until(timeout.into()) => {}
+            }
+            if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
+                break format!("WebRTC stack failed: {e}");
+            }
+        };
+        let _ = events.send(ClientEvent::Closed(reason)).await;
+    }
+
+    async fn drain(&mut self, events: &mpsc::Sender<ClientEvent>) -> Result<Instant, String> {
+        loop {
+            if !self.rtc.is_alive() {
+                return Err("connection closed".into());
+            }
+            match self.rtc.poll_output().map_err(|e| e.to_string())? {
+                Output::Transmit(t) => {
+                    let _ = self.socket.send_to(&t.contents, t.destination).await;
+                }
+                Output::Timeout(t) => return Ok(t),
+                Output::Event(e) => self.on_event(e, events).await,
+            }
+        }
+    }
+
+    async fn on_event(&mut self, e: Event, events: &mpsc::Sender<ClientEvent>) {
+        match e {
+            Event::Connected => {
+                let _ = events.send(ClientEvent::Connected).await;
+            }
+            Event::RtpPacket(pkt) => {
+                let ssrc = pkt.header.ssrc;
+                let (mid, kind) = {
+                    let mid = self.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid());
+                    let kind = mid.and_then(|m| self.rtc.media(m)).map(|m| m.kind());
+                    (mid, kind)
+                };
+                let mid = mid.map(|m| m.to_string()).unwrap_or_default();
+                let track_id = self.track_ids.get(&mid).cloned();
+                let r = ReceivedRtp {
+                    mid,
+                    kind,
+                    track_id,
+                    ssrc: *ssrc,
+                    seq: *pkt.seq_no,
+                    timestamp: pkt.header.timestamp,
+                    payload_type: *pkt.header.payload_type,
+                    marker: pkt.header.marker,
+                    payload: pkt.payload.clone(),
+                    received_at: pkt.timestamp,
+                };
+                let _ = events.send(ClientEvent::Rtp(r)).await;
+            }
+            Event::ChannelOpen(cid, _) => self.channel = Some(cid),
+            Event::ChannelData(d) if !d.binary => {
+                let text = String::from_utf8_lossy(&d.data).into_owned();
+                let _ = events.send(ClientEvent::Chat(text)).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_signal(
+        &mut self,
+        m: ServerMsg,
+        events: &mpsc::Sender<ClientEvent>,
+    ) -> Result<(), String> {
+        match &m {
+            ServerMsg::Offer { sdp, seq } => {
+                if self.pending.is_some() {
+                    // Impolite side of glare: the server re-offers after ours.
+                    return Ok(());
+                }
+                let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+                let answer = self
+                    .rtc
+                    .sdp_api()
+                    .accept_offer(offer)
+                    .map_err(|e| format!("server offer rejected: {e}"))?;
+                if let Some(ws) = self.ws.as_mut() {
+                    send_json(
+                        ws,
+                        &ClientMsg::Answer {
+                            sdp: answer.to_sdp_string(),
+                            seq: *seq,
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                }
+                return Ok(());
+            }
+            ServerMsg::TrackMap { tracks } => {
+                for t in tracks {
+                    self.track_ids.insert(t.mid.clone(), t.track_id.clone());
+                }
+            }
+            _ => {}
+        }
+        let _ = events.send(ClientEvent::Signal(m)).await;
+        Ok(())
+    }
+
+    fn write_rtp(&mut self, p: OutRtp) {
+        let Some(out) = self.outgoing.get_mut(&p.kind) else {
+            return;
+        };
+        let pt = match out.pt {
+            Some(pt) => pt,
+            None => {
+                let codec = out.codec;
+                let negotiated = self.rtc.media(out.mid).map(|m| m.remote_pts().to_vec());
+                let Some(pt) = self
+                    .rtc
+                    .codec_config()
+                    .params()
+                    .iter()
+                    .filter(|p| p.spec().codec == codec)
+                    .map(|p| p.pt())
+                    .find(|pt| negotiated.as_ref().is_none_or(|n| n.contains(pt)))
+                else {
+                    return;
+                };
+                out.pt = Some(pt);
+                pt
+            }
+        };
+        let seq: SeqNo = out.next_seq.into();
+        out.next_seq += 1;
+        let mid = out.mid;
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        tx.write_rtp(
+            RtpWrite::new(pt, seq, p.timestamp, Instant::now(), p.payload)
+                .marker(p.marker)
+                .nackable(p.kind == MediaKind::Video),
+        );
+    }
+
+    fn chat(&mut self, text: &str) {
+        let Some(cid) = self.channel else { return };
+        if let Some(mut ch) = self.rtc.channel(cid) {
+            let _ = ch.write(false, text.as_bytes());
+        }
+    }
+}
+
+async fn send_json(ws: &mut Ws, m: &ClientMsg) -> Result<(), ClientError> {
+    let text = serde_json::to_string(m).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|e| ClientError::Protocol(format!("WebSocket send: {e}")))
+}
+
+async fn recv_json(ws: &mut Ws) -> Result<ServerMsg, ClientError> {
+    loop {
+        let msg = tokio::time::timeout(SIGNALING_TIMEOUT, ws.next())
+            .await
+            .map_err(|_| ClientError::Timeout("a signaling reply"))?;
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(t.as_str())
+                    .map_err(|e| ClientError::Protocol(format!("bad server message: {e}")))
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                return Err(ClientError::Protocol(
+                    "the server closed the WebSocket".into(),
+                ))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(ClientError::Protocol(format!("WebSocket: {e}"))),
+        }
+    }
+}
