@@ -37,6 +37,7 @@ pub(crate) enum Signaling {
 pub(crate) enum DriverCmd {
     Rtp(OutRtp),
     Chat(String),
+    Signal(ClientMsg),
     Close,
 }
 
@@ -311,6 +312,13 @@ impl Driver {
                 cmd = cmds.recv() => match cmd {
                     Some(DriverCmd::Rtp(p)) => self.write_rtp(p),
                     Some(DriverCmd::Chat(text)) => self.chat(&text),
+                    Some(DriverCmd::Signal(m)) => {
+                        if let Some(ws) = self.ws.as_mut() {
+                            if let Err(e) = send_json(ws, &m).await {
+                                break e.to_string();
+                            }
+                        }
+                    }
                     Some(DriverCmd::Close) | None => {
                         if let Some(ws) = self.ws.as_mut() {
                             let _ = send_json(ws, &ClientMsg::Leave).await;

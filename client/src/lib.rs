@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian_signaling::protocol::ServerMsg;
+pub use meridian_signaling::protocol::{ClientMsg, ServerMsg};
 use str0m::format::Codec;
 pub use str0m::media::MediaKind;
 use tokio::sync::mpsc;
@@ -165,6 +165,15 @@ impl RtpSender {
     pub async fn send(&self, pkt: OutRtp) -> Result<(), ClientError> {
         self.tx
             .send(DriverCmd::Rtp(pkt))
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends a signaling message (WebSocket sessions): subscribe,
+    /// unsubscribe, mute, track_info, …
+    pub async fn signal(&self, m: ClientMsg) -> Result<(), ClientError> {
+        self.tx
+            .send(DriverCmd::Signal(m))
             .await
             .map_err(|_| ClientError::Closed)
     }
