@@ -117,3 +117,58 @@ async fn sigterm_tells_clients_and_exits_zero() {
     }
     assert!(told, "the client was told the server is stopping");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_ip_goes_into_the_candidate() {
+    let http = common::free_tcp();
+    let udp = common::free_udp();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "serve",
+            "--http",
+            &http.to_string(),
+            "--udp",
+            &udp.to_string(),
+            "--public-ip",
+            "192.0.2.7",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("MERIDIAN_API_SECRET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_media(
+        str0m::media::MediaKind::Audio,
+        str0m::media::Direction::SendOnly,
+        None,
+        None,
+        None,
+    );
+    let (offer, _) = api.apply().unwrap();
+    let mut answer = None;
+    for _ in 0..100 {
+        let r = reqwest::Client::new()
+            .post(format!("http://{http}/whip/pubip"))
+            .header("content-type", "application/sdp")
+            .body(offer.to_sdp_string())
+            .send()
+            .await;
+        if let Ok(r) = r {
+            assert_eq!(r.status().as_u16(), 201);
+            answer = Some(r.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let answer = answer.expect("server answered");
+    let want = format!("192.0.2.7 {} typ host", udp.port());
+    assert!(
+        answer.contains(&want),
+        "candidate uses --public-ip:\n{answer}"
+    );
+}
