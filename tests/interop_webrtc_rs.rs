@@ -16,11 +16,10 @@
 //! is bounded. Set `INTEROP_LOG=webrtc=debug,rtc=debug` for webrtc-rs logs; the server's
 //! own log is printed when a test fails (it runs with `RUST_LOG=info` unless set).
 
+mod common;
+
+use common::Server;
 use std::collections::BTreeSet;
-use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,150 +96,6 @@ fn t0() -> Instant {
 }
 
 // ───────────────────────────── server child ─────────────────────────────
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind-probe tcp")
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port(avoid: u16) -> u16 {
-    loop {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .expect("bind-probe udp")
-            .local_addr()
-            .unwrap()
-            .port();
-        if port != avoid {
-            return port;
-        }
-    }
-}
-
-/// The `meridian serve` child process; killed (and reaped) on drop. When dropped during a
-/// panic, the tail of its log is printed so a failing run carries the server's side.
-struct Server {
-    child: Child,
-    http: SocketAddr,
-    udp: SocketAddr,
-    log_path: PathBuf,
-}
-
-impl Server {
-    async fn start(test: &str) -> Server {
-        let bin = env!("CARGO_BIN_EXE_meridian");
-        let mut last_err = String::new();
-        for attempt in 0..3 {
-            let http_port = free_tcp_port();
-            let udp_port = free_udp_port(http_port);
-            let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
-            let udp: SocketAddr = format!("127.0.0.1:{udp_port}").parse().unwrap();
-            let log_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("interop_webrtc_rs-{test}-{attempt}.log"));
-            let log = std::fs::File::create(&log_path).expect("create server log");
-            let mut cmd = Command::new(bin);
-            cmd.arg("serve")
-                .arg("--http")
-                .arg(http.to_string())
-                .arg("--udp")
-                .arg(udp.to_string())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            // dev mode: no API secret, whatever the environment says
-            cmd.env_remove("MERIDIAN_API_SECRET")
-                .env_remove("MERIDIAN_API_KEY");
-            if std::env::var_os("RUST_LOG").is_none() {
-                cmd.env("RUST_LOG", "info");
-            }
-            let child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {bin} serve: {e}"));
-            let mut server = Server {
-                child,
-                http,
-                udp,
-                log_path,
-            };
-            log!(
-                "[{test}] started {bin} serve --http {http} --udp {udp} (pid {})",
-                server.child.id()
-            );
-            match server.wait_healthy(Duration::from_secs(15)).await {
-                Ok(()) => return server,
-                Err(e) => {
-                    last_err = format!("{e}\n--- server log ---\n{}", server.log_tail(8000));
-                    log!("[{test}] server attempt {attempt} failed: {e}");
-                    // dropping `server` kills it
-                }
-            }
-        }
-        panic!("meridian serve never became healthy: {last_err}");
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.http)
-    }
-
-    async fn wait_healthy(&mut self, limit: Duration) -> Result<(), String> {
-        let client = http_client();
-        let url = format!("{}/healthz", self.base());
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
-                return Err(format!("server exited early with {status}"));
-            }
-            match client.get(&url).send().await {
-                Ok(resp) if resp.status() == reqwest::StatusCode::OK => {
-                    let body = resp.text().await.unwrap_or_default();
-                    log!("GET /healthz -> 200 {}", body.trim());
-                    return Ok(());
-                }
-                Ok(resp) => {
-                    if Instant::now() > deadline {
-                        return Err(format!("GET /healthz -> {}", resp.status()));
-                    }
-                }
-                Err(e) => {
-                    if Instant::now() > deadline {
-                        return Err(format!("GET /healthz: {e}"));
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log_tail(&self, max: u64) -> String {
-        let mut out = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
-            let mut buf = Vec::new();
-            let _ = f.read_to_end(&mut buf);
-            out = String::from_utf8_lossy(&buf).into_owned();
-        }
-        out
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- meridian serve log (http {}, udp {}, {}) ---\n{}\n--- end server log ---",
-                self.http,
-                self.udp,
-                self.log_path.display(),
-                self.log_tail(16000)
-            );
-        }
-    }
-}
 
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -1049,7 +904,7 @@ fn media_directions(sdp: &str) -> Vec<String> {
 async fn whip_publish_whep_play_webrtc_rs() {
     init_logging();
     tokio::time::timeout(Duration::from_secs(55), async {
-        let server = Server::start("publish_play").await;
+        let server = Server::start(&[]).await;
         let room = "interop-wrs-a";
 
         let mut publisher = Publisher::start(&server, room, "pub-a", 0xA1).await;
@@ -1126,7 +981,7 @@ async fn whip_publish_whep_play_webrtc_rs() {
 async fn whep_delete_stops_media_webrtc_rs() {
     init_logging();
     tokio::time::timeout(Duration::from_secs(55), async {
-        let server = Server::start("delete_stops").await;
+        let server = Server::start(&[]).await;
         let room = "interop-wrs-b";
 
         let mut publisher = Publisher::start(&server, room, "pub-b", 0xB2).await;
@@ -1209,7 +1064,7 @@ async fn whep_delete_stops_media_webrtc_rs() {
 async fn whep_player_survives_publisher_switch_webrtc_rs() {
     init_logging();
     tokio::time::timeout(Duration::from_secs(55), async {
-        let server = Server::start("publisher_switch").await;
+        let server = Server::start(&[]).await;
         let room = "interop-wrs-c";
 
         let mut first = Publisher::start(&server, room, "pub-c1", 0xC1).await;

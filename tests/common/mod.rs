@@ -12,11 +12,16 @@ use std::time::{Duration, Instant};
 use meridian_client::capture::{read_capture, CapturedStream, MediaKindGuess};
 use meridian_client::{MediaKind, OutRtp, RtpSender};
 
-/// A `meridian serve` child process, killed on drop.
+/// A `meridian serve` child process, killed on drop. If the test is
+/// failing, the tail of the server's log is printed with it.
 pub struct Server {
     child: Child,
     pub http: SocketAddr,
     pub udp: SocketAddr,
+}
+
+fn log_path(port: u16) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-logs/server-{port}.log"))
 }
 
 impl Server {
@@ -106,14 +111,31 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(log_path(self.http.port())).unwrap_or_default();
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(8000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            eprintln!(
+                "--- meridian serve log (http {}, udp {}) ---\n{tail}\n--- end ---",
+                self.http, self.udp
+            );
+        }
     }
 }
 
 /// The server's log goes to target/test-logs/server-<http port>.log.
 fn log_file(port: u16) -> Stdio {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
-    let _ = std::fs::create_dir_all(&dir);
-    match std::fs::File::create(dir.join(format!("server-{port}.log"))) {
+    let path = log_path(port);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::File::create(path) {
         Ok(f) => Stdio::from(f),
         Err(_) => Stdio::inherit(),
     }
