@@ -13,7 +13,7 @@ use meridian_client::{
 
 /// Synthetic frames: a keyframe every 30th, unique bytes in each.
 fn payload(codec: VideoCodec, n: u32) -> Arc<[u8]> {
-    let key = n % 30 == 0;
+    let key = n.is_multiple_of(30);
     let mut p = match (codec, key) {
         // IDR slice / non-IDR slice NAL headers.
         (VideoCodec::H264, true) => vec![0x65, 0x88],

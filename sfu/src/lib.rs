@@ -6,3 +6,5 @@
 
 pub mod core;
 pub mod io;
+#[doc(hidden)]
+pub mod sim;

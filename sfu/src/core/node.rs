@@ -625,6 +625,7 @@ impl Node {
         buf: &[u8],
     ) {
         self.advance(now);
+        let now = self.now;
         let id = match self.demux.route(now, source, buf) {
             Ok(id) => id,
             Err(miss) => {
@@ -701,15 +702,15 @@ impl Node {
                 Self::mark_dirty(&mut self.dirty, peer);
             }
         }
+        self.poll_keyframes(now);
         if now >= self.next_housekeeping {
             self.housekeeping();
             self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
         }
     }
 
-    fn housekeeping(&mut self) {
-        let now = self.now;
-        // Merged keyframe requests that came due.
+    /// Sends merged keyframe requests that came due.
+    fn poll_keyframes(&mut self, now: Instant) {
         let mut due = Vec::new();
         for room in self.rooms.values_mut() {
             for t in room.tracks.values_mut() {
@@ -723,6 +724,10 @@ impl Node {
         for (owner, mid) in due {
             self.send_keyframe_request(owner, mid);
         }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = self.now;
         // Orphaned tracks whose publisher did not come back.
         let expired: Vec<(RoomId, TrackId)> = self
             .rooms
@@ -810,6 +815,10 @@ impl Node {
             if let Some(pt) = p.next_timeout {
                 t = t.min(pt);
             }
+        }
+        let keyframes = self.rooms.values().flat_map(|r| r.tracks.values());
+        for kt in keyframes.filter_map(|tr| tr.keyframe.timeout()) {
+            t = t.min(kt);
         }
         t.max(self.now)
     }
@@ -1158,9 +1167,12 @@ impl Node {
             sub.needs_tick = true;
             Self::mark_dirty(&mut self.dirty, sub);
         }
-        if needs_keyframe {
-            let room_id = room.id.clone();
-            self.request_keyframe(&room_id, track_id);
+        // A subscriber waits for a keyframe: ask the publisher (throttled).
+        let owner_mid = track.owner.map(|o| (o, track.mid));
+        if needs_keyframe && track.kind == MediaKind::Video && track.keyframe.request(self.now) {
+            if let Some((owner, mid)) = owner_mid {
+                self.send_keyframe_request(owner, mid);
+            }
         }
     }
 

@@ -1,0 +1,848 @@
+//! An in-process, deterministic network for testing and benchmarking the
+//! [`Node`]: one node, many str0m client peers, a virtual clock and an
+//! in-memory link with seeded loss and a fixed one-way delay.
+//!
+//! Nothing here touches a socket or reads the clock (except once, for the
+//! base `Instant`): addresses are fake, time only moves when the harness
+//! moves it, and every datagram goes through one queue. Clients negotiate
+//! the way `client/src/driver.rs` does over the WebSocket protocol — the
+//! client offers its send-only m-lines and a data channel, the node answers,
+//! and the client answers every `PeerSignal::Offer` the node sends later —
+//! but calling the `Node` methods directly.
+//!
+//! The loop follows str0m's `tests/common.rs` and quinn's test pairs: find the
+//! earliest wake-up (a queued datagram, a client timeout, the node timeout),
+//! move the clock there, process what is due, drain every output until
+//! `Timeout`, and stop after a bounded number of steps so a livelock fails
+//! loudly instead of hanging. str0m itself draws SSRCs, ICE credentials and
+//! DTLS keys from the OS, so runs are deterministic in what the harness
+//! decides (loss, sequence bases, timing), not in those values.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc};
+
+use crate::core::{
+    JoinKind, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output, PeerId,
+    PeerSignal, RoomId,
+};
+
+/// Upper bound of loop passes per virtual millisecond (plus a fixed
+/// allowance). A healthy run needs a handful per client per millisecond at
+/// most; more means something keeps waking without making progress.
+const STEPS_PER_MS: u64 = 2_000;
+const STEPS_BASE: u64 = 100_000;
+
+/// How far a component is pushed forward when it asks to be woken at the
+/// very instant it was just handled (str0m's `tests/common.rs` does the same).
+const FORCED_ADVANCE: Duration = Duration::from_millis(1);
+
+/// How long `add_publisher`/`add_subscriber` wait for ICE + DTLS.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Index of a client in the [`SimNet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub usize);
+
+/// Network and node parameters of a simulation.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seeds the node (its sequence bases) and the harness (loss, client
+    /// sequence bases).
+    pub seed: u64,
+    /// One-way delay of every datagram, both directions.
+    pub delay: Duration,
+    /// The node's (fake) candidate address.
+    pub node_addr: SocketAddr,
+    /// Passed to the node's `NodeConfig`.
+    pub max_peers_per_room: usize,
+    pub reconnect_grace: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        let node_addr = SocketAddr::from(([10, 0, 0, 1], 5000));
+        let node = NodeConfig::new(node_addr);
+        SimConfig {
+            seed: 1,
+            delay: Duration::from_millis(10),
+            node_addr,
+            max_peers_per_room: node.max_peers_per_room,
+            reconnect_grace: node.reconnect_grace,
+        }
+    }
+}
+
+/// One RTP packet as a client's str0m delivered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedPacket {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    pub ssrc: u32,
+    /// Extended sequence number (str0m unwraps it).
+    pub seq: u64,
+    /// The RTP timestamp as on the wire.
+    pub ts: u32,
+    pub pt: u8,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+    /// Virtual time of arrival at the client.
+    pub at: Instant,
+}
+
+/// A datagram diverted by [`SimNet::capture_rtp_uplink`].
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub at: Instant,
+    pub source: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// Counters of the simulated link.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkStats {
+    pub to_node: u64,
+    pub to_clients: u64,
+    /// Dropped by the configured random loss.
+    pub lost: u64,
+    /// Sent by the node to an address no live client has.
+    pub undeliverable: u64,
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    kind: MediaKind,
+    mid: Mid,
+    codec: Codec,
+    pt: Option<Pt>,
+    next_seq: u64,
+}
+
+/// One client peer: a str0m `Rtc` in RTP mode (full ICE, not lite).
+pub struct SimClient {
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    pub peer: PeerId,
+    pub room: String,
+    pub identity: String,
+    publish_audio: bool,
+    publish_video: bool,
+    timeout: Instant,
+    /// ICE + DTLS up.
+    pub connected: bool,
+    /// No longer driven (replaced by a reconnect, or closed by the test).
+    pub closed: bool,
+    outgoing: Vec<Outgoing>,
+    /// Receive m-lines the node added, in the order they appeared.
+    pub recv_mids: Vec<(Mid, MediaKind)>,
+    received: Vec<ReceivedPacket>,
+    keyframe_requests: Vec<(Instant, KeyframeRequest)>,
+    signals: Vec<(Instant, PeerSignal)>,
+    /// Loss probability of datagrams from this client to the node.
+    loss_up: f64,
+    /// Loss probability of datagrams from the node to this client.
+    loss_down: f64,
+    capture_rtp: bool,
+    captured: Vec<Captured>,
+    /// Datagrams the node sent this client (before loss).
+    pub datagrams_in: u64,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    at: Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    contents: Vec<u8>,
+}
+
+/// The simulated network. See the module documentation.
+pub struct SimNet {
+    node: Node,
+    config: SimConfig,
+    start: Instant,
+    now: Instant,
+    node_timeout: Instant,
+    clients: Vec<SimClient>,
+    /// Datagrams on the wire, in delivery order (the delay is fixed and the
+    /// clock only moves forward, so appending keeps the order).
+    wire: VecDeque<InFlight>,
+    rng: SmallRng,
+    link: LinkStats,
+    gone: Vec<(Instant, PeerId, &'static str)>,
+    next_addr: u32,
+}
+
+fn is_rtcp(buf: &[u8]) -> bool {
+    // RFC 5761: RTCP packet types 192..=223 share the first two bytes' space with RTP.
+    buf.len() > 1 && (192..=223).contains(&buf[1])
+}
+
+/// True for an RTP (not RTCP) datagram, by RFC 7983 demultiplexing.
+pub fn is_rtp(buf: &[u8]) -> bool {
+    matches!(buf.first(), Some(128..=191)) && !is_rtcp(buf)
+}
+
+impl SimNet {
+    pub fn new(config: SimConfig) -> Self {
+        let start = Instant::now();
+        let mut node_config = NodeConfig::new(config.node_addr);
+        node_config.seed = Some(config.seed);
+        node_config.max_peers_per_room = config.max_peers_per_room;
+        node_config.reconnect_grace = config.reconnect_grace;
+        let node = Node::new(node_config, start);
+        SimNet {
+            node,
+            rng: SmallRng::seed_from_u64(config.seed ^ 0x5eed_5eed),
+            config,
+            start,
+            now: start,
+            node_timeout: start,
+            clients: Vec::new(),
+            wire: VecDeque::new(),
+            link: LinkStats::default(),
+            gone: Vec::new(),
+            next_addr: 1,
+        }
+    }
+
+    // ------------------------------------------------------------ accessors
+
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Virtual time since the simulation started.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The node itself, for driving it by hand (benchmarks). Call
+    /// [`SimNet::drain_node`] afterwards so the harness sees its output.
+    pub fn node_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+
+    pub fn node_addr(&self) -> SocketAddr {
+        self.config.node_addr
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        self.node.stats()
+    }
+
+    pub fn link_stats(&self) -> LinkStats {
+        self.link
+    }
+
+    pub fn client(&self, id: ClientId) -> &SimClient {
+        &self.clients[id.0]
+    }
+
+    pub fn client_mut(&mut self, id: ClientId) -> &mut SimClient {
+        &mut self.clients[id.0]
+    }
+
+    pub fn received(&self, id: ClientId) -> &[ReceivedPacket] {
+        &self.clients[id.0].received
+    }
+
+    /// Keyframe requests (PLI/FIR) the client's str0m reported for its
+    /// outgoing streams, with their arrival time.
+    pub fn keyframe_requests(&self, id: ClientId) -> &[(Instant, KeyframeRequest)] {
+        &self.clients[id.0].keyframe_requests
+    }
+
+    /// Signals the node sent this client, except offers (answered here).
+    pub fn signals(&self, id: ClientId) -> &[(Instant, PeerSignal)] {
+        &self.clients[id.0].signals
+    }
+
+    /// Peers the node reported gone.
+    pub fn gone(&self) -> &[(Instant, PeerId, &'static str)] {
+        &self.gone
+    }
+
+    /// The m-line a client publishes `kind` on.
+    pub fn send_mid(&self, id: ClientId, kind: MediaKind) -> Option<Mid> {
+        let c = &self.clients[id.0];
+        c.outgoing.iter().find(|o| o.kind == kind).map(|o| o.mid)
+    }
+
+    /// The receive m-lines of a client carrying `kind`.
+    pub fn recv_mids(&self, id: ClientId, kind: MediaKind) -> Vec<Mid> {
+        let c = &self.clients[id.0];
+        c.recv_mids
+            .iter()
+            .filter(|(_, k)| *k == kind)
+            .map(|(m, _)| *m)
+            .collect()
+    }
+
+    // ------------------------------------------------------------ link
+
+    /// Loss probability of the node → client direction.
+    pub fn set_downlink_loss(&mut self, id: ClientId, p: f64) {
+        self.clients[id.0].loss_down = p;
+    }
+
+    /// Loss probability of the client → node direction.
+    pub fn set_uplink_loss(&mut self, id: ClientId, p: f64) {
+        self.clients[id.0].loss_up = p;
+    }
+
+    /// Diverts the client's RTP datagrams (not RTCP, STUN or DTLS) towards
+    /// the node into a buffer, to be fed to the node by hand (benchmarks).
+    pub fn capture_rtp_uplink(&mut self, id: ClientId, on: bool) {
+        self.clients[id.0].capture_rtp = on;
+    }
+
+    pub fn take_captured(&mut self, id: ClientId) -> Vec<Captured> {
+        std::mem::take(&mut self.clients[id.0].captured)
+    }
+
+    /// Puts a raw datagram on the wire from the client's address to the node.
+    pub fn inject_to_node(&mut self, id: ClientId, contents: Vec<u8>) {
+        let from = self.clients[id.0].addr;
+        self.wire.push_back(InFlight {
+            at: self.now + self.config.delay,
+            from,
+            to: self.config.node_addr,
+            contents,
+        });
+    }
+
+    fn next_client_addr(&mut self) -> SocketAddr {
+        let n = self.next_addr;
+        self.next_addr += 1;
+        SocketAddr::from(([10, 1, (n >> 8) as u8, n as u8], 40_000))
+    }
+
+    // ------------------------------------------------------------ peers
+
+    /// A client that publishes audio and/or video (and subscribes to
+    /// everything), connected before this returns.
+    pub fn add_publisher(
+        &mut self,
+        room: &str,
+        identity: &str,
+        audio: bool,
+        video: bool,
+    ) -> ClientId {
+        let id = self.open_client(room, identity, audio, video);
+        self.run_until_connected(id);
+        id
+    }
+
+    /// A client that publishes nothing and subscribes to everything (the
+    /// node adds receive m-lines with its own offers), connected before
+    /// this returns.
+    pub fn add_subscriber(&mut self, room: &str, identity: &str) -> ClientId {
+        let id = self.open_client(room, identity, false, false);
+        self.run_until_connected(id);
+        id
+    }
+
+    /// The publisher's session is replaced by a new one of the same identity
+    /// (a page reload): the old client stops at once, a new client with a
+    /// new address, new SSRCs and a new sequence base joins and publishes
+    /// the same kinds. Returns the new client, connected.
+    pub fn reconnect_publisher(&mut self, old: ClientId) -> ClientId {
+        let c = &mut self.clients[old.0];
+        c.closed = true;
+        let (room, identity, audio, video) = (
+            c.room.clone(),
+            c.identity.clone(),
+            c.publish_audio,
+            c.publish_video,
+        );
+        let id = self.open_client(&room, &identity, audio, video);
+        self.run_until_connected(id);
+        id
+    }
+
+    /// Signaling of one client: join, offer, answer. Does not run the net.
+    pub fn open_client(
+        &mut self,
+        room: &str,
+        identity: &str,
+        audio: bool,
+        video: bool,
+    ) -> ClientId {
+        let now = self.now;
+        let addr = self.next_client_addr();
+        let req = JoinRequest {
+            room: RoomId(room.to_string()),
+            identity: identity.to_string(),
+            name: identity.to_string(),
+            kind: JoinKind::WebSocket,
+            can_publish: true,
+            can_subscribe: true,
+            auto_subscribe: true,
+        };
+        let (peer, _participants) = self.node.join(now, req).expect("join");
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
+        let mut api = rtc.sdp_api();
+        let mut outgoing = Vec::new();
+        for (on, kind, codec) in [
+            (audio, MediaKind::Audio, Codec::Opus),
+            (video, MediaKind::Video, Codec::Vp8),
+        ] {
+            if on {
+                let mid = api.add_media(kind, Direction::SendOnly, None, None, None);
+                // A random base per session, as a browser picks one.
+                let next_seq = self.rng.random_range(1..u16::MAX) as u64;
+                outgoing.push(Outgoing {
+                    kind,
+                    mid,
+                    codec,
+                    pt: None,
+                    next_seq,
+                });
+            }
+        }
+        api.add_channel("meridian".into());
+        let (offer, pending) = api.apply().expect("an offer with a data channel");
+        let answer = self
+            .node
+            .handle_offer(now, peer, &offer.to_sdp_string())
+            .expect("the node accepts the client's offer");
+        let answer = SdpAnswer::from_sdp_string(&answer).expect("the node's answer parses");
+        rtc.sdp_api()
+            .accept_answer(pending, answer)
+            .expect("the client accepts the node's answer");
+        let id = ClientId(self.clients.len());
+        self.clients.push(SimClient {
+            rtc,
+            addr,
+            peer,
+            room: room.to_string(),
+            identity: identity.to_string(),
+            publish_audio: audio,
+            publish_video: video,
+            timeout: now,
+            connected: false,
+            closed: false,
+            outgoing,
+            recv_mids: Vec::new(),
+            received: Vec::new(),
+            keyframe_requests: Vec::new(),
+            signals: Vec::new(),
+            loss_up: 0.0,
+            loss_down: 0.0,
+            capture_rtp: false,
+            captured: Vec::new(),
+            datagrams_in: 0,
+            errors: Vec::new(),
+        });
+        self.drain_client(id);
+        self.drain_node();
+        id
+    }
+
+    /// Runs until the client reports ICE + DTLS connected.
+    pub fn run_until_connected(&mut self, id: ClientId) {
+        let limit = self.now + CONNECT_LIMIT;
+        while !self.clients[id.0].connected {
+            assert!(
+                self.now < limit,
+                "client {id:?} did not connect within {CONNECT_LIMIT:?}: {:?}",
+                self.clients[id.0].errors
+            );
+            let next = self.next_wakeup().min(limit);
+            self.run_until(next);
+        }
+    }
+
+    /// The client leaves through signaling (`Node::leave`). Its str0m keeps
+    /// running, like a client whose leave message went out but which still
+    /// sends what it had scheduled.
+    pub fn leave(&mut self, id: ClientId) {
+        let peer = self.clients[id.0].peer;
+        self.node.leave(self.now, peer);
+        self.drain_node();
+    }
+
+    /// Stops driving the client: it vanishes without a word.
+    pub fn close(&mut self, id: ClientId) {
+        self.clients[id.0].closed = true;
+    }
+
+    pub fn set_muted(&mut self, id: ClientId, kind: MediaKind, muted: bool) {
+        let mid = self
+            .send_mid(id, kind)
+            .expect("the client publishes this kind");
+        let peer = self.clients[id.0].peer;
+        self.node
+            .set_muted(self.now, peer, MuteTarget::Mid(mid), muted)
+            .expect("set_muted");
+        self.drain_node();
+    }
+
+    // ------------------------------------------------------------ media
+
+    /// The publisher sends one RTP packet on its `kind` m-line at the
+    /// current virtual time. Returns the (extended) sequence number used.
+    pub fn send_rtp(
+        &mut self,
+        id: ClientId,
+        kind: MediaKind,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+    ) -> u64 {
+        let now = self.now;
+        let c = &mut self.clients[id.0];
+        let out = c
+            .outgoing
+            .iter_mut()
+            .find(|o| o.kind == kind)
+            .expect("the client publishes this kind");
+        let pt = match out.pt {
+            Some(pt) => pt,
+            None => {
+                let negotiated = c.rtc.media(out.mid).map(|m| m.remote_pts().to_vec());
+                let codec = out.codec;
+                let pt = c
+                    .rtc
+                    .codec_config()
+                    .params()
+                    .iter()
+                    .filter(|p| p.spec().codec == codec)
+                    .map(|p| p.pt())
+                    .find(|pt| negotiated.as_ref().is_none_or(|n| n.contains(pt)))
+                    .expect("the codec was negotiated");
+                out.pt = Some(pt);
+                pt
+            }
+        };
+        let seq = out.next_seq;
+        out.next_seq += 1;
+        let mid = out.mid;
+        let mut api = c.rtc.direct_api();
+        let tx = api
+            .stream_tx_by_mid(mid, None)
+            .expect("a send stream for the m-line");
+        tx.write_rtp(
+            RtpWrite::new(pt, SeqNo::from(seq), timestamp, now, payload.to_vec())
+                .marker(marker)
+                .nackable(kind == MediaKind::Video),
+        );
+        // str0m sends written RTP on the next tick.
+        if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
+            c.errors.push(e.to_string());
+        }
+        self.drain_client(id);
+        seq
+    }
+
+    /// The subscriber's str0m sends a PLI for the stream it receives on `mid`.
+    pub fn request_keyframe_from(&mut self, id: ClientId, mid: Mid) {
+        let now = self.now;
+        let c = &mut self.clients[id.0];
+        let mut api = c.rtc.direct_api();
+        let rx = api
+            .stream_rx_by_mid(mid, None)
+            .expect("a receive stream on the m-line (has media arrived yet?)");
+        rx.request_keyframe(KeyframeRequestKind::Pli);
+        if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
+            c.errors.push(e.to_string());
+        }
+        self.drain_client(id);
+    }
+
+    // ------------------------------------------------------------ time
+
+    /// Moves the clock without processing anything (benchmarks generate
+    /// packets at successive instants this way); the next `run_*` call
+    /// handles what came due meanwhile.
+    pub fn set_clock(&mut self, t: Instant) {
+        if t > self.now {
+            self.now = t;
+        }
+    }
+
+    /// When something next has to happen.
+    pub fn next_wakeup(&self) -> Instant {
+        let mut t = self.node_timeout;
+        if let Some(d) = self.wire.front() {
+            t = t.min(d.at);
+        }
+        for c in self.clients.iter().filter(|c| !c.closed) {
+            t = t.min(c.timeout);
+        }
+        t.max(self.now)
+    }
+
+    /// Advances to the next wake-up (if it is not after `limit`) and
+    /// processes it. Returns false if nothing was due by `limit`.
+    pub fn step(&mut self, limit: Instant) -> bool {
+        let t = self.next_wakeup();
+        if t > limit {
+            return false;
+        }
+        self.now = t;
+        self.process_due();
+        true
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    /// Processes everything due up to `deadline`, then sets the clock to it.
+    /// Panics after a bounded number of steps (livelock).
+    pub fn run_until(&mut self, deadline: Instant) {
+        let span = deadline.saturating_duration_since(self.now);
+        let max_steps = STEPS_BASE + STEPS_PER_MS * span.as_millis() as u64;
+        let mut steps = 0u64;
+        while self.step(deadline) {
+            steps += 1;
+            assert!(
+                steps <= max_steps,
+                "livelock: {steps} steps without reaching {:?} (now {:?}, node timeout {:?}, wire {})",
+                deadline - self.start,
+                self.now - self.start,
+                self.node_timeout.saturating_duration_since(self.start),
+                self.wire.len(),
+            );
+        }
+        self.set_clock(deadline);
+    }
+
+    fn process_due(&mut self) {
+        let now = self.now;
+        while self.wire.front().is_some_and(|d| d.at <= now) {
+            let d = self.wire.pop_front().expect("checked above");
+            self.deliver(d);
+        }
+        for i in 0..self.clients.len() {
+            let c = &mut self.clients[i];
+            if c.closed || c.timeout > now {
+                continue;
+            }
+            if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
+                c.errors.push(e.to_string());
+            }
+            self.drain_client(ClientId(i));
+            let c = &mut self.clients[i];
+            if c.timeout <= now {
+                c.timeout = now + FORCED_ADVANCE;
+            }
+        }
+        if self.node_timeout <= now {
+            self.node.handle_timeout(now);
+            self.drain_node();
+            if self.node_timeout <= now {
+                self.node_timeout = now + FORCED_ADVANCE;
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: InFlight) {
+        let now = self.now;
+        if d.to == self.config.node_addr {
+            self.node.handle_receive(now, d.from, d.to, &d.contents);
+            self.drain_node();
+            return;
+        }
+        let Some(i) = self
+            .clients
+            .iter()
+            .position(|c| c.addr == d.to && !c.closed)
+        else {
+            return;
+        };
+        let c = &mut self.clients[i];
+        let Ok(contents) = d.contents.as_slice().try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source: d.from,
+                destination: d.to,
+                contents,
+            },
+        );
+        if let Err(e) = c.rtc.handle_input(input) {
+            c.errors.push(e.to_string());
+        }
+        // str0m holds one received RTP packet until polled: drain now.
+        self.drain_client(ClientId(i));
+    }
+
+    // ------------------------------------------------------------ draining
+
+    fn drain_client(&mut self, id: ClientId) {
+        let now = self.now;
+        let delay = self.config.delay;
+        let node_addr = self.config.node_addr;
+        let c = &mut self.clients[id.0];
+        loop {
+            if !c.rtc.is_alive() {
+                c.timeout = now + Duration::from_secs(3600);
+                return;
+            }
+            let out = match c.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    c.errors.push(e.to_string());
+                    c.timeout = now + FORCED_ADVANCE;
+                    return;
+                }
+            };
+            match out {
+                RtcOutput::Timeout(t) => {
+                    c.timeout = t;
+                    return;
+                }
+                RtcOutput::Transmit(t) => {
+                    if t.destination != node_addr {
+                        continue;
+                    }
+                    if c.capture_rtp && is_rtp(&t.contents) {
+                        c.captured.push(Captured {
+                            at: now,
+                            source: t.source,
+                            contents: t.contents.to_vec(),
+                        });
+                        continue;
+                    }
+                    if c.loss_up > 0.0 && self.rng.random::<f64>() < c.loss_up {
+                        self.link.lost += 1;
+                        continue;
+                    }
+                    self.link.to_node += 1;
+                    self.wire.push_back(InFlight {
+                        at: now + delay,
+                        from: t.source,
+                        to: t.destination,
+                        contents: t.contents.to_vec(),
+                    });
+                }
+                RtcOutput::Event(e) => match e {
+                    Event::Connected => c.connected = true,
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        c.errors.push("ICE disconnected".into());
+                    }
+                    Event::MediaAdded(m) if m.direction.is_receiving() => {
+                        c.recv_mids.push((m.mid, m.kind));
+                    }
+                    Event::KeyframeRequest(r) => c.keyframe_requests.push((now, r)),
+                    Event::RtpPacket(pkt) => {
+                        let ssrc = pkt.header.ssrc;
+                        let Some(mid) = c.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
+                            c.errors.push(format!("RTP on unknown SSRC {ssrc}"));
+                            continue;
+                        };
+                        let Some(kind) = c.rtc.media(mid).map(|m| m.kind()) else {
+                            continue;
+                        };
+                        c.received.push(ReceivedPacket {
+                            mid,
+                            kind,
+                            ssrc: *ssrc,
+                            seq: *pkt.seq_no,
+                            ts: pkt.header.timestamp,
+                            pt: *pkt.header.payload_type,
+                            marker: pkt.header.marker,
+                            payload: pkt.payload.clone(),
+                            at: now,
+                        });
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Drains the node's output into the wire and the clients' signaling.
+    /// Call after driving the node by hand.
+    pub fn drain_node(&mut self) {
+        loop {
+            match self.node.poll_output() {
+                Output::Timeout(t) => {
+                    self.node_timeout = t;
+                    return;
+                }
+                Output::Transmit(t) => {
+                    let Some(c) = self
+                        .clients
+                        .iter_mut()
+                        .find(|c| c.addr == t.destination && !c.closed)
+                    else {
+                        self.link.undeliverable += 1;
+                        continue;
+                    };
+                    c.datagrams_in += 1;
+                    if c.loss_down > 0.0 && self.rng.random::<f64>() < c.loss_down {
+                        self.link.lost += 1;
+                        continue;
+                    }
+                    self.link.to_clients += 1;
+                    self.wire.push_back(InFlight {
+                        at: self.now + self.config.delay,
+                        from: t.source,
+                        to: t.destination,
+                        contents: t.contents.to_vec(),
+                    });
+                }
+                Output::Event(NodeEvent::Signal(peer, signal)) => self.on_signal(peer, signal),
+                Output::Event(NodeEvent::PeerGone { peer, reason }) => {
+                    self.gone.push((self.now, peer, reason));
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self, peer: PeerId, signal: PeerSignal) {
+        let now = self.now;
+        let Some(i) = self
+            .clients
+            .iter()
+            .position(|c| c.peer == peer && !c.closed)
+        else {
+            return;
+        };
+        match signal {
+            PeerSignal::Offer { sdp, seq } => {
+                let c = &mut self.clients[i];
+                let offer = SdpOffer::from_sdp_string(&sdp).expect("the node's offer parses");
+                let answer = c
+                    .rtc
+                    .sdp_api()
+                    .accept_offer(offer)
+                    .expect("the client accepts the node's offer");
+                self.node
+                    .handle_answer(now, peer, &answer.to_sdp_string(), seq)
+                    .expect("the node accepts the client's answer");
+                self.drain_client(ClientId(i));
+            }
+            other => self.clients[i].signals.push((now, other)),
+        }
+    }
+}

@@ -1,0 +1,710 @@
+//! Deterministic tests of the whole node on the in-process network
+//! (`meridian_sfu::sim`): real str0m clients, SRTP, ICE and DTLS, virtual
+//! time, seeded loss. Nothing sleeps; a run of seconds takes milliseconds.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use meridian_sfu::core::{DropReason, MediaKind};
+use meridian_sfu::sim::{ClientId, ReceivedPacket, SimConfig, SimNet};
+
+const ROOM: &str = "room";
+const VIDEO_CLOCK: u64 = 90_000;
+const AUDIO_CLOCK: u64 = 48_000;
+/// 30 frames per second.
+const FRAME: Duration = Duration::from_micros(33_333);
+const FRAME_TICKS: u32 = 3000;
+/// 20 ms Opus frames.
+const AUDIO_FRAME: Duration = Duration::from_millis(20);
+const AUDIO_TICKS: u32 = 960;
+
+// ---------------------------------------------------------------- media
+
+#[derive(Debug, Clone)]
+struct Sent {
+    seq: u64,
+    ts: u32,
+    payload: Vec<u8>,
+    keyframe: bool,
+}
+
+/// A synthetic VP8 encoder: `PACKETS` packets per frame, a keyframe every
+/// 30th frame or right after a keyframe request, payloads unique per
+/// (session tag, frame, packet).
+struct Camera {
+    client: ClientId,
+    tag: u8,
+    frame: u64,
+    ts: u32,
+    /// Frame index offset: with a non-zero phase the first frames are
+    /// interframes (an encoder that does not start on a keyframe).
+    phase: u64,
+    force_keyframe: bool,
+    requests_seen: usize,
+    next_at: Option<Instant>,
+    sent: Vec<Sent>,
+}
+
+const PACKETS: usize = 3;
+
+impl Camera {
+    fn new(client: ClientId, tag: u8, ts_base: u32, phase: u64) -> Self {
+        Camera {
+            client,
+            tag,
+            frame: 0,
+            ts: ts_base,
+            phase,
+            force_keyframe: false,
+            requests_seen: 0,
+            next_at: None,
+            sent: Vec::new(),
+        }
+    }
+
+    fn send_frame(&mut self, sim: &mut SimNet) {
+        // An encoder honours keyframe requests on its next frame.
+        let requests = sim.keyframe_requests(self.client).len();
+        if requests > self.requests_seen {
+            self.requests_seen = requests;
+            self.force_keyframe = true;
+        }
+        let keyframe = self.force_keyframe || (self.frame + self.phase).is_multiple_of(30);
+        self.force_keyframe = false;
+        for p in 0..PACKETS {
+            let mut payload = match (p, keyframe) {
+                (0, true) => vec![0x10, 0x00, 0x9d, 0x01, 0x2a],
+                (0, false) => vec![0x10, 0x01],
+                _ => vec![0x00, 0x00],
+            };
+            payload.push(self.tag);
+            payload.extend_from_slice(&self.frame.to_be_bytes());
+            payload.push(p as u8);
+            payload.resize(300, 0xab);
+            let marker = p == PACKETS - 1;
+            let seq = sim.send_rtp(self.client, MediaKind::Video, self.ts, marker, &payload);
+            self.sent.push(Sent {
+                seq,
+                ts: self.ts,
+                payload,
+                keyframe: keyframe && p == 0,
+            });
+        }
+        self.frame += 1;
+        self.ts = self.ts.wrapping_add(FRAME_TICKS);
+    }
+}
+
+/// A synthetic Opus encoder: one packet per 20 ms.
+struct Mic {
+    client: ClientId,
+    tag: u8,
+    n: u64,
+    ts: u32,
+    next_at: Option<Instant>,
+    sent: Vec<Sent>,
+}
+
+impl Mic {
+    fn new(client: ClientId, tag: u8, ts_base: u32) -> Self {
+        Mic {
+            client,
+            tag,
+            n: 0,
+            ts: ts_base,
+            next_at: None,
+            sent: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, sim: &mut SimNet) {
+        let mut payload = vec![0xfc, self.tag];
+        payload.extend_from_slice(&self.n.to_be_bytes());
+        payload.resize(80, 0xcd);
+        let seq = sim.send_rtp(
+            self.client,
+            MediaKind::Audio,
+            self.ts,
+            self.n == 0,
+            &payload,
+        );
+        self.sent.push(Sent {
+            seq,
+            ts: self.ts,
+            payload,
+            keyframe: false,
+        });
+        self.n += 1;
+        self.ts = self.ts.wrapping_add(AUDIO_TICKS);
+    }
+}
+
+/// Runs the net for `dur` in 1 ms ticks, sending the camera's and the
+/// microphone's frames when due and calling `each_ms` with the milliseconds
+/// elapsed since the start of this call.
+fn drive(
+    sim: &mut SimNet,
+    mut cam: Option<&mut Camera>,
+    mut mic: Option<&mut Mic>,
+    dur: Duration,
+    mut each_ms: impl FnMut(&mut SimNet, u64),
+) {
+    let start = sim.now();
+    for ms in 0..dur.as_millis() as u64 {
+        let now = start + Duration::from_millis(ms);
+        sim.run_until(now);
+        if let Some(c) = cam.as_deref_mut() {
+            let at = *c.next_at.get_or_insert(now);
+            if at <= now {
+                c.send_frame(sim);
+                c.next_at = Some(at + FRAME);
+            }
+        }
+        if let Some(m) = mic.as_deref_mut() {
+            let at = *m.next_at.get_or_insert(now);
+            if at <= now {
+                m.send(sim);
+                m.next_at = Some(at + AUDIO_FRAME);
+            }
+        }
+        each_ms(sim, ms);
+    }
+    sim.run_until(start + dur);
+}
+
+fn of_kind(sim: &SimNet, c: ClientId, kind: MediaKind) -> Vec<ReceivedPacket> {
+    sim.received(c)
+        .iter()
+        .filter(|p| p.kind == kind)
+        .cloned()
+        .collect()
+}
+
+fn assert_contiguous(pkts: &[ReceivedPacket], what: &str) {
+    for w in pkts.windows(2) {
+        assert_eq!(
+            w[1].seq,
+            w[0].seq + 1,
+            "{what}: sequence gap or reorder between {} and {}",
+            w[0].seq,
+            w[1].seq
+        );
+    }
+}
+
+fn is_vp8_keyframe(p: &[u8]) -> bool {
+    p.len() > 1 && p[0] == 0x10 && p[1] & 0x01 == 0
+}
+
+fn payloads(p: &[ReceivedPacket]) -> Vec<Vec<u8>> {
+    p.iter().map(|p| p.payload.to_vec()).collect()
+}
+
+fn sent_payloads(s: &[Sent]) -> Vec<Vec<u8>> {
+    s.iter().map(|s| s.payload.clone()).collect()
+}
+
+/// The SSRC a publisher's str0m sends `kind` with.
+fn upstream_ssrc(sim: &mut SimNet, c: ClientId, kind: MediaKind) -> u32 {
+    let mid = sim.send_mid(c, kind).unwrap();
+    let mut api = sim.client_mut(c).rtc.direct_api();
+    *api.stream_tx_by_mid(mid, None).unwrap().ssrc()
+}
+
+fn sim(seed: u64) -> SimNet {
+    SimNet::new(SimConfig {
+        seed,
+        ..SimConfig::default()
+    })
+}
+
+/// A publisher and `n` subscribers that have all negotiated their m-lines.
+fn room(sim: &mut SimNet, n: usize, audio: bool) -> (ClientId, Vec<ClientId>) {
+    let publisher = sim.add_publisher(ROOM, "alice", audio, true);
+    let subs: Vec<ClientId> = (0..n)
+        .map(|i| sim.add_subscriber(ROOM, &format!("sub{i}")))
+        .collect();
+    sim.run_for(Duration::from_millis(300));
+    let kinds = if audio { 2 } else { 1 };
+    for s in &subs {
+        assert_eq!(
+            sim.client(*s).recv_mids.len(),
+            kinds,
+            "subscriber {s:?} has its receive m-lines"
+        );
+    }
+    (publisher, subs)
+}
+
+// ---------------------------------------------------------------- tests
+
+/// a. Fan-out: every subscriber gets every packet, payload-identical, in
+/// order, on one SSRC per track.
+#[test]
+fn fan_out_to_three_subscribers() {
+    let mut sim = sim(1);
+    let (publisher, subs) = room(&mut sim, 3, true);
+    let mut cam = Camera::new(publisher, 1, 1_000, 0);
+    let mut mic = Mic::new(publisher, 1, 7_000);
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        Some(&mut mic),
+        Duration::from_secs(3),
+        |_, _| {},
+    );
+    sim.run_for(Duration::from_millis(200));
+    assert!(cam.sent[0].keyframe);
+
+    let mut ssrcs = HashSet::new();
+    for s in &subs {
+        let video = of_kind(&sim, *s, MediaKind::Video);
+        let audio = of_kind(&sim, *s, MediaKind::Audio);
+        assert_eq!(
+            video.len(),
+            cam.sent.len(),
+            "every video packet reaches {s:?}"
+        );
+        assert_eq!(
+            payloads(&video),
+            sent_payloads(&cam.sent),
+            "video payloads identical"
+        );
+        assert_eq!(
+            payloads(&audio),
+            sent_payloads(&mic.sent),
+            "audio payloads identical"
+        );
+        assert_contiguous(&video, "video");
+        assert_contiguous(&audio, "audio");
+        for (kind, pkts) in [("video", &video), ("audio", &audio)] {
+            let set: HashSet<u32> = pkts.iter().map(|p| p.ssrc).collect();
+            assert_eq!(set.len(), 1, "one {kind} SSRC at {s:?}");
+            ssrcs.extend(set);
+            let mids: HashSet<_> = pkts.iter().map(|p| p.mid).collect();
+            assert_eq!(mids.len(), 1, "one {kind} m-line at {s:?}");
+        }
+        // Timestamps keep the publisher's spacing.
+        for (r, s) in video.windows(2).zip(cam.sent.windows(2)) {
+            assert_eq!(r[1].ts.wrapping_sub(r[0].ts), s[1].ts.wrapping_sub(s[0].ts));
+        }
+    }
+    assert_eq!(ssrcs.len(), 6, "each subscriber stream has its own SSRC");
+    let st = sim.stats();
+    assert_eq!(
+        st.rtp_forwarded,
+        3 * (cam.sent.len() + mic.sent.len()) as u64
+    );
+    assert_eq!(st.drops.total(), 0, "no drops: {:?}", st.drops);
+}
+
+/// A subscriber that joins mid-stream starts on a keyframe the node asked
+/// the publisher for, and then gets every packet.
+#[test]
+fn late_subscriber_starts_on_requested_keyframe() {
+    let mut sim = sim(7);
+    let (publisher, _) = room(&mut sim, 0, false);
+    let mut cam = Camera::new(publisher, 1, 0, 0);
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_millis(1100),
+        |_, _| {},
+    );
+    let requests = sim.keyframe_requests(publisher).len();
+    let late = sim.add_subscriber(ROOM, "late");
+    let from = cam.sent.len();
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_millis(900),
+        |_, _| {},
+    );
+    sim.run_for(Duration::from_millis(100));
+
+    assert!(
+        sim.keyframe_requests(publisher).len() > requests,
+        "the node asked"
+    );
+    let video = of_kind(&sim, late, MediaKind::Video);
+    let k = from + cam.sent[from..].iter().position(|s| s.keyframe).unwrap();
+    assert!(
+        k / PACKETS < 60,
+        "a requested keyframe, not the next GOP (frame {})",
+        k / PACKETS
+    );
+    assert!(is_vp8_keyframe(&video[0].payload));
+    assert_eq!(payloads(&video), sent_payloads(&cam.sent[k..]));
+    assert_contiguous(&video, "video");
+}
+
+/// b. The publisher reconnects (same identity, new session): subscribers
+/// keep their SSRC and m-line, sequence numbers continue without a gap, the
+/// timestamp advances by the wall-clock pause, video resumes on a keyframe.
+#[test]
+fn publisher_reconnect_is_seamless_for_subscribers() {
+    let mut sim = sim(2);
+    let (old, subs) = room(&mut sim, 2, true);
+    let mut cam = Camera::new(old, 1, 4_000_000_000, 0);
+    let mut mic = Mic::new(old, 1, 123_456);
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        Some(&mut mic),
+        Duration::from_secs(2),
+        |_, _| {},
+    );
+    let before: Vec<(Vec<ReceivedPacket>, Vec<ReceivedPacket>)> = subs
+        .iter()
+        .map(|s| {
+            (
+                of_kind(&sim, *s, MediaKind::Video),
+                of_kind(&sim, *s, MediaKind::Audio),
+            )
+        })
+        .collect();
+    let tracks_before = sim.stats().tracks;
+
+    // A reload: the old session vanishes, the same identity joins again.
+    sim.run_for(Duration::from_millis(250));
+    let new = sim.reconnect_publisher(old);
+    assert_ne!(sim.client(new).peer, sim.client(old).peer);
+    for kind in [MediaKind::Audio, MediaKind::Video] {
+        assert_ne!(
+            upstream_ssrc(&mut sim, old, kind),
+            upstream_ssrc(&mut sim, new, kind)
+        );
+    }
+    assert_eq!(
+        sim.stats().tracks,
+        tracks_before,
+        "tracks adopted, not republished"
+    );
+    // New random bases; the encoder does not start on a keyframe.
+    let mut cam2 = Camera::new(new, 2, 17, 7);
+    let mut mic2 = Mic::new(new, 2, 3_000_000_000);
+    drive(
+        &mut sim,
+        Some(&mut cam2),
+        Some(&mut mic2),
+        Duration::from_secs(2),
+        |_, _| {},
+    );
+    sim.run_for(Duration::from_millis(200));
+    assert!(!cam2.sent[0].keyframe);
+    assert_ne!(cam2.sent[0].seq, cam.sent.last().unwrap().seq + 1);
+
+    for (s, (v_before, a_before)) in subs.iter().zip(before) {
+        let video = of_kind(&sim, *s, MediaKind::Video);
+        let audio = of_kind(&sim, *s, MediaKind::Audio);
+        for (kind, all, prior, clock, frame) in [
+            ("video", &video, &v_before, VIDEO_CLOCK, FRAME_TICKS),
+            ("audio", &audio, &a_before, AUDIO_CLOCK, AUDIO_TICKS),
+        ] {
+            assert_eq!(&all[..prior.len()], &prior[..], "{kind}: history unchanged");
+            let after = &all[prior.len()..];
+            assert!(!after.is_empty(), "{kind} resumed at {s:?}");
+            let (last, first) = (prior.last().unwrap(), &after[0]);
+            assert_eq!(first.ssrc, last.ssrc, "{kind}: same SSRC");
+            assert_eq!(first.mid, last.mid, "{kind}: same m-line");
+            assert_contiguous(all, kind);
+            let pause = first.at - last.at;
+            let expected = (pause.as_micros() as u64 * clock / 1_000_000) as i64;
+            let jump = first.ts.wrapping_sub(last.ts) as i64;
+            assert!(
+                (jump - expected).abs() <= frame as i64,
+                "{kind}: timestamp jumped {jump} for a pause of {pause:?} (expected {expected})"
+            );
+        }
+        // Video resumes exactly at the new session's first keyframe.
+        let after = &video[v_before.len()..];
+        assert!(
+            is_vp8_keyframe(&after[0].payload),
+            "video resumes on a keyframe"
+        );
+        let k = cam2.sent.iter().position(|s| s.keyframe).unwrap();
+        assert!(k > 0, "the new session started with interframes");
+        assert_eq!(payloads(after), sent_payloads(&cam2.sent[k..]));
+        assert_eq!(
+            payloads(&audio[a_before.len()..]),
+            sent_payloads(&mic2.sent)
+        );
+    }
+    // The keyframe came from the node's request, before the encoder's own
+    // GOP would have produced one (frame 23 with phase 7).
+    assert!(!sim.keyframe_requests(new).is_empty());
+    let k = cam2.sent.iter().position(|s| s.keyframe).unwrap();
+    assert!(k / PACKETS < 30 - 7, "keyframe at frame {}", k / PACKETS);
+}
+
+/// c. Mute, a track replacement while muted (timestamps jump on the same
+/// SSRC), unmute: no sequence gap at the subscriber, video restarts on a
+/// keyframe, the timestamp advances by the pause.
+#[test]
+fn mute_and_unmute_keep_sequence_continuous() {
+    let mut sim = sim(3);
+    let (publisher, subs) = room(&mut sim, 2, true);
+    let mut cam = Camera::new(publisher, 1, 0, 0);
+    let mut mic = Mic::new(publisher, 1, 0);
+    let second = Duration::from_secs(1);
+    drive(&mut sim, Some(&mut cam), Some(&mut mic), second, |_, _| {});
+    let before: Vec<usize> = subs
+        .iter()
+        .map(|s| of_kind(&sim, *s, MediaKind::Video).len())
+        .collect();
+    sim.run_for(Duration::from_millis(50));
+    sim.set_muted(publisher, MediaKind::Video, true);
+    sim.set_muted(publisher, MediaKind::Audio, true);
+    drive(&mut sim, Some(&mut cam), Some(&mut mic), second, |_, _| {});
+    // The publisher replaces its tracks while muted: new timestamp bases.
+    cam.ts = cam.ts.wrapping_add(1_234_567);
+    mic.ts = mic.ts.wrapping_add(7_654_321);
+    drive(&mut sim, Some(&mut cam), Some(&mut mic), second, |_, _| {});
+    sim.set_muted(publisher, MediaKind::Video, false);
+    sim.set_muted(publisher, MediaKind::Audio, false);
+    drive(&mut sim, Some(&mut cam), Some(&mut mic), second, |_, _| {});
+    sim.run_for(Duration::from_millis(200));
+
+    assert!(sim.stats().drops.get(DropReason::Muted) > 0);
+    for (s, n_before) in subs.iter().zip(before) {
+        let video = of_kind(&sim, *s, MediaKind::Video);
+        let audio = of_kind(&sim, *s, MediaKind::Audio);
+        assert_contiguous(&video, "video");
+        assert_contiguous(&audio, "audio");
+        assert!(video.len() > n_before, "video resumed");
+        let (last, first) = (&video[n_before - 1], &video[n_before]);
+        assert!(
+            is_vp8_keyframe(&first.payload),
+            "video resumes on a keyframe"
+        );
+        let pause = first.at - last.at;
+        let expected = (pause.as_micros() as u64 * VIDEO_CLOCK / 1_000_000) as i64;
+        let jump = first.ts.wrapping_sub(last.ts) as i64;
+        assert!(
+            (jump - expected).abs() <= FRAME_TICKS as i64,
+            "video timestamp jumped {jump} over {pause:?}"
+        );
+        // Audio: the gap is the largest step; it too follows the pause.
+        let (i, _) = audio
+            .windows(2)
+            .enumerate()
+            .max_by_key(|(_, w)| w[1].at - w[0].at)
+            .unwrap();
+        let pause = audio[i + 1].at - audio[i].at;
+        assert!(pause > second * 2);
+        let expected = (pause.as_micros() as u64 * AUDIO_CLOCK / 1_000_000) as i64;
+        let jump = audio[i + 1].ts.wrapping_sub(audio[i].ts) as i64;
+        assert!((jump - expected).abs() <= AUDIO_TICKS as i64);
+    }
+}
+
+/// d. Keyframe requests from many subscribers are merged: one goes upstream
+/// at once, one more when the 500 ms interval ends, never two closer.
+#[test]
+fn keyframe_requests_are_merged_and_throttled() {
+    let mut sim = sim(4);
+    let (publisher, subs) = room(&mut sim, 3, false);
+    let mut cam = Camera::new(publisher, 1, 0, 0);
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_secs(2),
+        |_, _| {},
+    );
+    let mids: Vec<_> = subs
+        .iter()
+        .map(|s| sim.recv_mids(*s, MediaKind::Video)[0])
+        .collect();
+    let seen = sim.keyframe_requests(publisher).len();
+    let upstream = sim.stats().keyframe_requests_upstream;
+
+    // 3 subscribers × 10 PLIs within 100 ms.
+    let t0 = sim.now();
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_millis(1500),
+        |sim, ms| {
+            if ms < 100 && ms % 10 == 0 {
+                for (s, mid) in subs.iter().zip(&mids) {
+                    sim.request_keyframe_from(*s, *mid);
+                }
+            }
+        },
+    );
+    let got: Vec<Duration> = sim.keyframe_requests(publisher)[seen..]
+        .iter()
+        .map(|(t, _)| *t - t0)
+        .collect();
+    assert_eq!(
+        got.len(),
+        2,
+        "one immediate and one merged request: {got:?}"
+    );
+    assert!(got[0] < Duration::from_millis(50), "first at once: {got:?}");
+    // The node sends a merged request on its 100 ms housekeeping tick, so
+    // up to 100 ms after the interval ends (plus the two one-way delays).
+    assert!(
+        got[1] >= got[0] + Duration::from_millis(500) && got[1] < Duration::from_millis(700),
+        "merged one after the interval: {got:?}"
+    );
+    assert_eq!(sim.stats().keyframe_requests_upstream - upstream, 2);
+
+    // A longer storm: every subscriber asks every 30 ms for 5 s.
+    let seen = sim.keyframe_requests(publisher).len();
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_secs(5),
+        |sim, ms| {
+            for (i, (s, mid)) in subs.iter().zip(&mids).enumerate() {
+                if ms % 30 == i as u64 * 10 {
+                    sim.request_keyframe_from(*s, *mid);
+                }
+            }
+        },
+    );
+    let times: Vec<Instant> = sim.keyframe_requests(publisher)[seen..]
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        times.len() >= 8,
+        "requests still get through: {}",
+        times.len()
+    );
+    for w in times.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(500),
+            "two keyframe requests {:?} apart",
+            w[1] - w[0]
+        );
+    }
+}
+
+/// e. After a subscriber leaves, the node forgets its address: what that
+/// address still sends is dropped and counted as unknown_source, and
+/// nothing is sent back to it.
+#[test]
+fn departed_subscriber_address_is_evicted() {
+    let mut sim = sim(5);
+    let (publisher, subs) = room(&mut sim, 2, true);
+    let (gone, stays) = (subs[0], subs[1]);
+    let mut cam = Camera::new(publisher, 1, 0, 0);
+    let mut mic = Mic::new(publisher, 1, 0);
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        Some(&mut mic),
+        Duration::from_secs(1),
+        |_, _| {},
+    );
+    let unknown_before = sim.stats().drops.get(DropReason::UnknownSource);
+    assert_eq!(unknown_before, 0);
+
+    sim.leave(gone);
+    sim.run_for(Duration::from_millis(50));
+    let to_gone = sim.client(gone).datagrams_in;
+    let received_gone = sim.received(gone).len();
+    let stays_before = sim.received(stays).len();
+    // The departed client's str0m keeps sending (RTCP, consent checks), and
+    // a forged SRTP-looking datagram comes from its address too.
+    for i in 0..5u8 {
+        sim.inject_to_node(gone, vec![0x80, 0x60, 0, i, 0, 0, 0, 1, 0, 0, 0, 2, 0xff]);
+    }
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        Some(&mut mic),
+        Duration::from_secs(3),
+        |_, _| {},
+    );
+    let st = sim.stats();
+    let unknown = st.drops.get(DropReason::UnknownSource) - unknown_before;
+    assert!(
+        unknown > 5,
+        "the departed address's RTCP was dropped too: {unknown}"
+    );
+    assert_eq!(st.peers, 2);
+    assert_eq!(
+        sim.client(gone).datagrams_in,
+        to_gone,
+        "nothing is sent to a departed peer"
+    );
+    assert_eq!(sim.received(gone).len(), received_gone);
+    assert!(
+        sim.received(stays).len() > stays_before + 200,
+        "the other subscriber is unaffected"
+    );
+    assert!(sim
+        .gone()
+        .iter()
+        .any(|(_, p, r)| *p == sim.client(gone).peer && *r == "left"));
+}
+
+/// f. 10 % random loss on one subscriber's downlink: str0m's NACK/RTX
+/// between the node and the subscriber recovers almost everything.
+#[test]
+fn nack_recovers_downlink_loss() {
+    let mut sim = sim(6);
+    let (publisher, subs) = room(&mut sim, 2, false);
+    let (lossy, clean) = (subs[0], subs[1]);
+    let mut cam = Camera::new(publisher, 1, 0, 0);
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_secs(1),
+        |_, _| {},
+    );
+    sim.set_downlink_loss(lossy, 0.10);
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_secs(10),
+        |_, _| {},
+    );
+    sim.run_for(Duration::from_secs(2));
+
+    let sent: HashSet<Vec<u8>> = cam.sent.iter().map(|s| s.payload.clone()).collect();
+    let video = of_kind(&sim, lossy, MediaKind::Video);
+    let got: HashSet<Vec<u8>> = video.iter().map(|p| p.payload.to_vec()).collect();
+    assert_eq!(got.len(), video.len(), "no duplicates delivered");
+    assert!(got.is_subset(&sent), "only payloads that were sent");
+    let ratio = got.len() as f64 / sent.len() as f64;
+    assert!(
+        ratio >= 0.99,
+        "recovered {} of {} video packets ({:.2} %), link lost {}",
+        got.len(),
+        sent.len(),
+        ratio * 100.0,
+        sim.link_stats().lost
+    );
+    assert!(
+        sim.link_stats().lost > sent.len() as u64 / 20,
+        "the loss was real"
+    );
+    // Retransmissions carry the original sequence numbers.
+    let by_seq: Vec<&ReceivedPacket> = {
+        let mut v: Vec<&ReceivedPacket> = video.iter().collect();
+        v.sort_by_key(|p| p.seq);
+        v
+    };
+    let first = by_seq[0].seq;
+    for p in &by_seq {
+        let i = (p.seq - first) as usize;
+        assert_eq!(
+            p.payload.as_ref(),
+            &cam.sent[i].payload[..],
+            "seq {} maps to its payload",
+            p.seq
+        );
+    }
+    assert_eq!(of_kind(&sim, clean, MediaKind::Video).len(), cam.sent.len());
+}
