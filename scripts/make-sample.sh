@@ -21,6 +21,7 @@ OUT="${1:-$ROOT/tests/data/sample-vp8-opus.pcap}"
 VIDEO_PORT="${VIDEO_PORT:-45096}"
 AUDIO_PORT="${AUDIO_PORT:-45111}"
 DURATION="${DURATION:-6}"
+VIDEO_BITRATE="${VIDEO_BITRATE:-500k}"   # benches/fanout.sh uses a 1M sample
 DEST=127.0.0.1 # never change: test traffic must stay on this machine
 
 need=()
@@ -77,7 +78,7 @@ ffmpeg -hide_banner -nostdin -loglevel warning \
     -re -f lavfi -i "sine=frequency=440:sample_rate=48000:duration=$DURATION" \
     -fflags +bitexact -flags:v +bitexact -flags:a +bitexact \
     -map 0:v -c:v libvpx -pix_fmt yuv420p -threads 1 \
-        -b:v 500k -minrate 500k -maxrate 500k -bufsize 500k \
+        -b:v "$VIDEO_BITRATE" -minrate "$VIDEO_BITRATE" -maxrate "$VIDEO_BITRATE" -bufsize "$VIDEO_BITRATE" \
         -g 60 -keyint_min 60 -deadline realtime -cpu-used 8 \
         -lag-in-frames 0 -auto-alt-ref 0 -error-resilient 1 \
         -f rtp -payload_type 96 -ssrc 287454020 -seq 65300 -pkt_size 1200 \

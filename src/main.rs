@@ -27,6 +27,79 @@ enum Cmd {
     Serve(ServeArgs),
     /// Print an access token (JWT, HS256) for the configured API key/secret.
     Token(TokenArgs),
+    /// Replay a pcap/pcapng capture into an SFU through many publishers and
+    /// subscribers, and report delivery, latency, join time and cost.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Capture file (pcap or pcapng) holding RTP.
+    #[arg(long)]
+    pcap: std::path::PathBuf,
+    /// Only RTP to or from this UDP port.
+    #[arg(long)]
+    udp_port: Option<u16>,
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Publishers per room; each publishes the capture's audio and video.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Subscribers per room.
+    #[arg(long, default_value_t = 1)]
+    subscribers: usize,
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Replay speed factor (2 = twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// The server's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, value_enum, default_value = "ws")]
+    protocol: ProtocolArg,
+    /// Codec of the capture's video stream.
+    #[arg(long, value_enum, default_value = "vp8")]
+    video_codec: VideoCodecArg,
+    /// Token for every client.
+    #[arg(long)]
+    token: Option<String>,
+    /// Mint a token per client with this secret instead.
+    #[arg(long, env = "MERIDIAN_API_SECRET", hide_env_values = true)]
+    api_secret: Option<String>,
+    #[arg(long, env = "MERIDIAN_API_KEY", default_value = "meridian")]
+    api_key: String,
+    /// Rooms are named PREFIX0, PREFIX1, …
+    #[arg(long, default_value = "load-")]
+    room_prefix: String,
+    /// Measure this server process's CPU and memory from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Write the report as an HTML page with plots.
+    #[arg(long)]
+    html: Option<std::path::PathBuf>,
+    /// Publishers also receive the others in their room (the meeting case).
+    #[arg(long)]
+    publishers_subscribe: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProtocolArg {
+    Ws,
+    Whip,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VideoCodecArg {
+    Vp8,
+    H264,
+    Vp9,
 }
 
 #[derive(clap::Args)]
@@ -92,7 +165,85 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Token(args) => token(args),
+        Cmd::Load(args) => load(args),
     }
+}
+
+fn load(args: LoadArgs) -> ExitCode {
+    use meridian_client::load::{self, LoadError, LoadOptions, LoadProtocol, TokenMinter};
+    use meridian_client::VideoCodec;
+    let mint = match (&args.token, &args.api_secret) {
+        (None, Some(secret)) => {
+            let auth = Auth::new(args.api_key.clone(), Some(secret.clone()));
+            Some(TokenMinter(std::sync::Arc::new(
+                move |room: &str, identity: &str| {
+                    auth.issue(room, identity, true, true, Duration::from_secs(24 * 3600))
+                        .unwrap_or_default()
+                },
+            )))
+        }
+        _ => None,
+    };
+    let opts = LoadOptions {
+        pcap: args.pcap,
+        udp_port: args.udp_port,
+        rooms: args.rooms,
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        duration: args.duration,
+        speed: args.speed,
+        url: args.url.trim_end_matches('/').to_string(),
+        protocol: match args.protocol {
+            ProtocolArg::Ws => LoadProtocol::Ws,
+            ProtocolArg::Whip => LoadProtocol::Whip,
+        },
+        token: args.token,
+        mint,
+        room_prefix: args.room_prefix,
+        server_pid: args.server_pid,
+        progress: !args.quiet,
+        video_codec: match args.video_codec {
+            VideoCodecArg::Vp8 => VideoCodec::Vp8,
+            VideoCodecArg::H264 => VideoCodec::H264,
+            VideoCodecArg::Vp9 => VideoCodec::Vp9,
+        },
+        publishers_subscribe: args.publishers_subscribe,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meridian load: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = match rt.block_on(load::run(opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meridian load: {e}");
+            return match e {
+                LoadError::NoClients(_) => ExitCode::from(1),
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("meridian load: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    if let Some(path) = &args.html {
+        if let Err(e) = std::fs::write(path, load::write_html(&report)) {
+            eprintln!("meridian load: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn token(args: TokenArgs) -> ExitCode {

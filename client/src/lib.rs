@@ -8,6 +8,7 @@
 
 pub mod capture;
 mod driver;
+pub mod load;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

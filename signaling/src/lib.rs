@@ -6,6 +6,7 @@
 //! events back into messages.
 
 pub mod auth;
+pub mod procstat;
 pub mod protocol;
 mod ratelimit;
 pub mod server;

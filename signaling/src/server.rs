@@ -225,6 +225,18 @@ async fn metrics(State(state): State<Shared>) -> Response {
         "counter",
         BAD_INPUT.total.load(Ordering::Relaxed),
     );
+    let proc = crate::procstat::ProcStat::read_self();
+    gauge(
+        "process_resident_memory_bytes",
+        "Resident memory.",
+        "gauge",
+        proc.rss_bytes,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}",
+        proc.cpu_seconds()
+    );
     let _ = writeln!(
         out,
         "# HELP meridian_dropped_total Datagrams and packets dropped, by reason.\n# TYPE meridian_dropped_total counter"

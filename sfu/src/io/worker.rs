@@ -361,10 +361,18 @@ impl Worker {
         let Some(tx) = self.sessions.get(&peer) else {
             return;
         };
-        if tx.try_send(ev).is_err() {
-            warn!(%peer, "signaling session too slow or gone; removing peer");
-            self.sessions.remove(&peer);
-            self.node.leave(Instant::now(), peer);
+        match tx.try_send(ev) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(%peer, "signaling session too slow; removing peer");
+                self.sessions.remove(&peer);
+                self.node.leave(Instant::now(), peer);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                debug!(%peer, "signaling session gone; removing peer");
+                self.sessions.remove(&peer);
+                self.node.leave(Instant::now(), peer);
+            }
         }
     }
 }
