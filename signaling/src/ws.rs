@@ -24,6 +24,11 @@ use crate::server::Shared;
 /// tens of kilobytes; anything much larger is not signaling.
 const MAX_WS_MESSAGE: usize = 256 * 1024;
 
+/// Read buffer per WebSocket session. tungstenite's default (128 KiB) was
+/// the largest part of a subscriber's memory; signaling messages are small
+/// and a larger one is simply read in several chunks.
+const WS_READ_BUFFER: usize = 8 * 1024;
+
 /// Longest room name / display name accepted.
 const MAX_NAME: usize = 128;
 
@@ -34,6 +39,8 @@ pub(crate) async fn ws_handler(
 ) -> Response {
     let token = q.get("token").cloned();
     ws.max_message_size(MAX_WS_MESSAGE)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| Session::new(state, token).run(socket))
 }
 

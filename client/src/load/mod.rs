@@ -307,6 +307,7 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadError> {
             &server_loaded,
             &server_after,
             opts.subscribers * opts.rooms,
+            (opts.subscribers + opts.publishers) * opts.rooms,
         ),
         tester_cpu,
         shared.start.elapsed(),

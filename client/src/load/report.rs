@@ -34,7 +34,11 @@ pub struct ServerCost {
     pub cpu_us_per_forwarded_packet: Option<f64>,
     pub forwarded_per_cpu_second: Option<f64>,
     pub rss_bytes: Option<u64>,
+    /// RSS growth from the idle server to full load, per subscriber
+    /// (publishers already connected).
     pub memory_per_subscriber_bytes: Option<f64>,
+    /// RSS growth from the idle server to full load, per peer of any kind.
+    pub memory_per_peer_bytes: Option<f64>,
 }
 
 impl ServerCost {
@@ -46,6 +50,7 @@ impl ServerCost {
         loaded: &ServerSample,
         after: &ServerSample,
         subscribers: usize,
+        peers: usize,
     ) -> ServerCost {
         let cpu = after
             .cpu_seconds
@@ -77,6 +82,11 @@ impl ServerCost {
                 .zip(publishing.rss_bytes)
                 .filter(|_| subscribers > 0)
                 .map(|(l, p)| (l as f64 - p as f64) / subscribers as f64),
+            memory_per_peer_bytes: loaded
+                .rss_bytes
+                .zip(before.rss_bytes)
+                .filter(|_| peers > 0)
+                .map(|(l, b)| (l as f64 - b as f64) / peers as f64),
         }
     }
 }
@@ -343,11 +353,14 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  server memory     rss {}  per subscriber {}",
+            "  server memory     rss {}  per subscriber {}  per peer {}",
             sv.rss_bytes
                 .map(|b| format!("{:.1} MB", b as f64 / 1e6))
                 .unwrap_or_else(|| "n/a".into()),
             sv.memory_per_subscriber_bytes
+                .map(|b| format!("{:.1} KB", b / 1024.0))
+                .unwrap_or_else(|| "n/a".into()),
+            sv.memory_per_peer_bytes
                 .map(|b| format!("{:.1} KB", b / 1024.0))
                 .unwrap_or_else(|| "n/a".into()),
         );

@@ -35,6 +35,18 @@ const DEMUX_EVICT_INTERVAL: Duration = Duration::from_secs(10);
 /// accepted is removed; a client that never connects must not hold state.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Each subscriber video stream keeps its sent packets for answering NACKs
+/// this long (str0m's default is 3 s). A retransmission later than this
+/// misses any real-time jitter buffer; the packet headers kept per
+/// subscriber were most of the memory a subscriber costs.
+const RTX_CACHE_AGE: Duration = Duration::from_millis(1500);
+
+/// Upper bound of that cache, in packets (1.5 s of a 2.5 Mbit/s stream).
+const RTX_CACHE_PACKETS: usize = 512;
+
+/// Share of retransmitted bytes above which str0m drops queued resends.
+const RTX_RATIO_CAP: f32 = 0.15;
+
 /// Data-channel messages above this size are dropped rather than fanned out.
 const MAX_CHAT_MESSAGE: usize = 16 * 1024;
 
@@ -474,6 +486,7 @@ impl Node {
             room.remove_subscriber(id, mid);
         }
         for (track, mid, kind) in pending.adds {
+            tune_out_stream(&mut peer.rtc, mid);
             let Some(t) = room.tracks.get_mut(&track) else {
                 // Unpublished while we negotiated: the next offer stops it.
                 peer.outs.push(new_out(mid, kind, None, &mut self.rng));
@@ -939,6 +952,7 @@ impl Node {
             // Only WHEP offers create m-lines for us to send on; WebSocket
             // clients receive on m-lines the server adds.
             if let PeerKind::Whep { .. } = peer.kind {
+                tune_out_stream(&mut peer.rtc, m.mid);
                 peer.outs.push(new_out(m.mid, m.kind, None, &mut self.rng));
                 let room_id = peer.room.clone();
                 self.rebind_players(&room_id);
@@ -1407,6 +1421,13 @@ fn new_out(mid: Mid, kind: MediaKind, source: Option<TrackId>, rng: &mut SmallRn
         source,
         fwd: Forwarder::new(first_seq, first_ts),
         pt_map: None,
+    }
+}
+
+/// Bounds the NACK cache of a new outgoing stream.
+fn tune_out_stream(rtc: &mut Rtc, mid: Mid) {
+    if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
+        tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
     }
 }
 
