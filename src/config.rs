@@ -23,6 +23,9 @@ pub struct ServeArgs {
     /// Directory of the web demo.
     #[arg(long)]
     pub web_root: Option<PathBuf>,
+    /// Most peers (publishers, subscribers, WHIP/WHEP sessions) in one room.
+    #[arg(long)]
+    pub max_peers_per_room: Option<usize>,
     #[arg(long, env = "MERIDIAN_API_KEY")]
     pub api_key: Option<String>,
     /// HS256 secret for access tokens. Without it the server runs in dev mode.
@@ -38,6 +41,7 @@ pub struct FileConfig {
     pub udp: Option<SocketAddr>,
     pub public_ip: Option<IpAddr>,
     pub web_root: Option<PathBuf>,
+    pub max_peers_per_room: Option<usize>,
     pub api_key: Option<String>,
     pub api_secret: Option<String>,
 }
@@ -48,6 +52,7 @@ pub struct Config {
     pub udp: SocketAddr,
     pub public_ip: Option<IpAddr>,
     pub web_root: PathBuf,
+    pub max_peers_per_room: usize,
     pub api_key: String,
     pub api_secret: Option<String>,
 }
@@ -104,6 +109,10 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081))),
             public_ip: args.public_ip.or(file.public_ip),
             web_root,
+            max_peers_per_room: args
+                .max_peers_per_room
+                .or(file.max_peers_per_room)
+                .unwrap_or(meridian_sfu::core::DEFAULT_MAX_PEERS_PER_ROOM),
             api_key: args
                 .api_key
                 .or(file.api_key)

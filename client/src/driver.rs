@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
@@ -55,7 +56,7 @@ pub(crate) struct Driver {
     ws: Option<Ws>,
     outgoing: HashMap<MediaKind, Outgoing>,
     /// mid → server track id, from `track_map`.
-    track_ids: HashMap<String, String>,
+    track_ids: HashMap<Mid, Arc<str>>,
     /// Our own offer awaiting the server's answer (impolite side of glare).
     pending: Option<SdpPendingOffer>,
     channel: Option<ChannelId>,
@@ -214,7 +215,8 @@ impl Driver {
     fn early_signal(&mut self, m: ServerMsg) {
         if let ServerMsg::TrackMap { tracks } = &m {
             for t in tracks {
-                self.track_ids.insert(t.mid.clone(), t.track_id.clone());
+                self.track_ids
+                    .insert(Mid::from(t.mid.as_str()), Arc::from(t.track_id.as_str()));
             }
         }
     }
@@ -278,6 +280,11 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            // str0m needs a Timeout tick to send what was written and to run
+            // its timers; a received datagram already carries the time, so
+            // ticking after each one only costs (it was most of the
+            // per-packet cost of a receiving client).
+            let mut tick = false;
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => {
                     let Ok((n, source)) = r else { continue };
@@ -310,8 +317,14 @@ impl Driver {
                     }
                 },
                 cmd = cmds.recv() => match cmd {
-                    Some(DriverCmd::Rtp(p)) => self.write_rtp(p),
-                    Some(DriverCmd::Chat(text)) => self.chat(&text),
+                    Some(DriverCmd::Rtp(p)) => {
+                        self.write_rtp(p);
+                        tick = true;
+                    }
+                    Some(DriverCmd::Chat(text)) => {
+                        self.chat(&text);
+                        tick = true;
+                    }
                     Some(DriverCmd::Signal(m)) => {
                         if let Some(ws) = self.ws.as_mut() {
                             if let Err(e) = send_json(ws, &m).await {
@@ -327,10 +340,12 @@ impl Driver {
                         break "closed".to_string();
                     }
                 },
-                _ = tokio::time::sleep_until(timeout.into()) => {}
+                _ = tokio::time::sleep_until(timeout.into()) => tick = true,
             }
-            if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
-                break format!("WebRTC stack failed: {e}");
+            if tick {
+                if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
+                    break format!("WebRTC stack failed: {e}");
+                }
             }
         };
         let _ = events.send(ClientEvent::Closed(reason)).await;
@@ -363,8 +378,7 @@ impl Driver {
                     let kind = mid.and_then(|m| self.rtc.media(m)).map(|m| m.kind());
                     (mid, kind)
                 };
-                let mid = mid.map(|m| m.to_string()).unwrap_or_default();
-                let track_id = self.track_ids.get(&mid).cloned();
+                let track_id = mid.and_then(|m| self.track_ids.get(&m)).cloned();
                 let r = ReceivedRtp {
                     mid,
                     kind,
@@ -420,7 +434,8 @@ impl Driver {
             }
             ServerMsg::TrackMap { tracks } => {
                 for t in tracks {
-                    self.track_ids.insert(t.mid.clone(), t.track_id.clone());
+                    self.track_ids
+                        .insert(Mid::from(t.mid.as_str()), Arc::from(t.track_id.as_str()));
                 }
             }
             _ => {}

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 pub use meridian_signaling::protocol::{ClientMsg, ServerMsg};
 use str0m::format::Codec;
-pub use str0m::media::MediaKind;
+pub use str0m::media::{MediaKind, Mid};
 use tokio::sync::mpsc;
 
 use crate::driver::{Driver, DriverCmd, Signaling};
@@ -120,10 +120,11 @@ impl ClientConfig {
 /// One RTP packet as received.
 #[derive(Debug, Clone)]
 pub struct ReceivedRtp {
-    pub mid: String,
+    /// The m-line it arrived on (`None` if str0m could not say).
+    pub mid: Option<Mid>,
     pub kind: Option<MediaKind>,
     /// The server's track id for this m-line (WebSocket sessions).
-    pub track_id: Option<String>,
+    pub track_id: Option<Arc<str>>,
     pub ssrc: u32,
     /// Extended sequence number.
     pub seq: u64,

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use crate::capture::{read_capture, CaptureError, CapturedStream, MediaKindGuess};
 use crate::{
-    Client, ClientConfig, ClientError, ClientEvent, MediaKind, OutRtp, RtpSender, ServerMsg,
+    Client, ClientConfig, ClientError, ClientEvent, MediaKind, Mid, OutRtp, RtpSender, ServerMsg,
     VideoCodec,
 };
 
@@ -159,6 +159,8 @@ struct Shared {
     sends: SendLog,
     timeline: Timeline,
     stop: AtomicBool,
+    /// The same as `stop`, for receivers waiting on events.
+    stopped: tokio::sync::watch::Sender<bool>,
     start: Instant,
 }
 
@@ -187,6 +189,7 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadError> {
         sends: SendLog::default(),
         timeline: Timeline::default(),
         stop: AtomicBool::new(false),
+        stopped: tokio::sync::watch::channel(false).0,
         start: Instant::now(),
     });
 
@@ -265,6 +268,7 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadError> {
     }
     let server_loaded = ServerSample::take(&opts).await;
     shared.stop.store(true, Ordering::SeqCst);
+    shared.stopped.send_replace(true);
     for t in send_tasks {
         let _ = t.await;
     }
@@ -459,17 +463,21 @@ async fn receive(
 ) -> (SubscriberStats, Client) {
     let mut st = SubscriberStats::new(requested, shared.start);
     // m-line → publisher index, from the server's track maps.
-    let mut mid_publisher: HashMap<String, usize> = HashMap::new();
-    while !shared.stop.load(Ordering::Relaxed) {
-        let ev = match tokio::time::timeout(Duration::from_millis(200), client.next_event()).await {
-            Ok(Some(ev)) => ev,
-            Ok(None) => break,
-            Err(_) => continue,
+    let mut mid_publisher: HashMap<Mid, usize> = HashMap::new();
+    let mut stop = shared.stopped.subscribe();
+    while !*stop.borrow() {
+        let ev = tokio::select! {
+            ev = client.next_event() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            _ = stop.changed() => break,
         };
         match ev {
             ClientEvent::Rtp(p) => {
-                let publisher = mid_publisher
-                    .get(&p.mid)
+                let publisher = p
+                    .mid
+                    .and_then(|m| mid_publisher.get(&m))
                     .copied()
                     .unwrap_or(first_publisher);
                 let sent = shared.sends.lookup(publisher, payload_key(&p.payload));
@@ -480,7 +488,7 @@ async fn receive(
             ClientEvent::Signal(ServerMsg::TrackMap { tracks }) => {
                 for t in tracks {
                     if let Some(i) = t.peer_id.as_ref().and_then(|id| publisher_ids.get(id)) {
-                        mid_publisher.insert(t.mid, *i);
+                        mid_publisher.insert(Mid::from(t.mid.as_str()), *i);
                     }
                 }
             }

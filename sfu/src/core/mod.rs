@@ -19,7 +19,7 @@ mod room;
 pub use ids::{PeerId, RoomId, TrackId};
 pub use node::{
     CommandError, JoinKind, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats,
-    Output, ParticipantInfo, PeerSignal, TrackInfo, TrackMapEntry,
+    Output, ParticipantInfo, PeerSignal, TrackInfo, TrackMapEntry, DEFAULT_MAX_PEERS_PER_ROOM,
 };
 pub use str0m::media::MediaKind;
 

@@ -50,6 +50,10 @@ const RTX_RATIO_CAP: f32 = 0.15;
 /// Data-channel messages above this size are dropped rather than fanned out.
 const MAX_CHAT_MESSAGE: usize = 16 * 1024;
 
+/// Default room size limit: large enough for webinars on one node, small
+/// enough that one room cannot take every peer slot by accident.
+pub const DEFAULT_MAX_PEERS_PER_ROOM: usize = 1000;
+
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// The address put in ICE candidates (the UDP socket's, or `--public-ip`).
@@ -67,7 +71,7 @@ impl NodeConfig {
     pub fn new(candidate_addr: SocketAddr) -> Self {
         NodeConfig {
             candidate_addr,
-            max_peers_per_room: 100,
+            max_peers_per_room: DEFAULT_MAX_PEERS_PER_ROOM,
             reconnect_grace: Duration::from_secs(10),
             seed: None,
         }

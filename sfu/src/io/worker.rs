@@ -146,6 +146,7 @@ impl NodeHandle {
 pub fn spawn_node(
     udp: SocketAddr,
     public_ip: Option<std::net::IpAddr>,
+    max_peers_per_room: usize,
 ) -> Result<NodeHandle, SpawnError> {
     let std_sock =
         std::net::UdpSocket::bind(udp).map_err(|source| SpawnError::Bind { addr: udp, source })?;
@@ -168,7 +169,9 @@ pub fn spawn_node(
             rt.block_on(async move {
                 let socket =
                     UdpSocket::from_std(std_sock).expect("a nonblocking std socket converts");
-                let node = Node::new(NodeConfig::new(candidate_addr), Instant::now());
+                let mut config = NodeConfig::new(candidate_addr);
+                config.max_peers_per_room = max_peers_per_room;
+                let node = Node::new(config, Instant::now());
                 Worker {
                     node,
                     socket,
