@@ -4,8 +4,8 @@
 # 50, 100, 200, 400 subscribers (stopping once loss passes 1%), then the
 # meeting case: many small rooms where every participant publishes.
 #
-#   benches/fanout.sh                    # DURATION=20s SUBSCRIBERS="50 100 200 400"
-#   DURATION=10s MEETING_ROOMS=25 benches/fanout.sh
+#   benches/fanout.sh        # DURATION=20s SUBSCRIBERS="50 100 200 400" MEETING_ROOMS="10 25 50 100"
+#   DURATION=10s SUBSCRIBERS="50" MEETING_ROOMS="5" benches/fanout.sh   # a quick look
 #
 # Reports go to target/fanout/*.json|html; a markdown table is printed.
 # Everything runs on 127.0.0.1.
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-20s}
 SUBSCRIBERS=${SUBSCRIBERS:-"50 100 200 400"}
-MEETING_ROOMS=${MEETING_ROOMS:-100}
+MEETING_ROOMS=${MEETING_ROOMS:-"10 25 50 100"}
 MEETING_SIZE=${MEETING_SIZE:-4}
 SAMPLE=benches/data/sample-1mbps.pcap
 OUT=target/fanout
@@ -91,11 +91,19 @@ for s in $SUBSCRIBERS; do
   fi
 done
 
-echo "== meeting: ${MEETING_ROOMS} rooms x ${MEETING_SIZE} participants, all publishing"
-run meeting --rooms "$MEETING_ROOMS" --publishers "$MEETING_SIZE" --subscribers 0 --publishers-subscribe
+echo "== meeting: rooms of ${MEETING_SIZE} participants, all publishing: ${MEETING_ROOMS} rooms"
+meetings=()
+for r in $MEETING_ROOMS; do
+  run "meeting-$r" --rooms "$r" --publishers "$MEETING_SIZE" --subscribers 0 --publishers-subscribe
+  meetings+=("$r")
+  if loss_over_1pct "$OUT/meeting-$r.json"; then
+    echo "loss passed 1% at $r rooms; stopping the meeting series"
+    break
+  fi
+done
 
 echo
 echo "| scenario | server CPU µs / forwarded pkt | forwarded pkt / CPU-s | forwarded pkt/s | loss (median) | latency p99 | join p99 | server memory / subscriber | tester CPU |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for s in "${ran[@]}"; do row "fanout-$s" "1 → $s"; done
-row meeting "${MEETING_ROOMS} × ${MEETING_SIZE} meeting"
+for r in "${meetings[@]}"; do row "meeting-$r" "$r × ${MEETING_SIZE} meeting"; done

@@ -272,7 +272,10 @@ impl Client {
     }
 
     /// Leaves (WebSocket) or DELETEs the WHIP/WHEP resource, then stops.
-    pub async fn close(self, server: &str) -> Result<(), ClientError> {
+    pub async fn close(mut self, server: &str) -> Result<(), ClientError> {
+        // Nobody reads events any more: let the driver's sends fail instead
+        // of waiting on a full queue (and never taking the Close below).
+        self.events.close();
         if let Some(loc) = &self.location {
             let mut req = reqwest::Client::new().delete(format!("{server}{loc}"));
             if let Some(t) = &self.token {

@@ -195,28 +195,40 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadError> {
 
     // Publishers first; they start sending as soon as they connect, so
     // subscribers join into flowing media (join time = request to first packet).
-    let mut publishers = Vec::new();
-    let mut publisher_ids: HashMap<String, usize> = HashMap::new();
-    let mut send_tasks = Vec::new();
+    // They connect concurrently (bounded), then each starts its replay.
+    let sem = Arc::new(Semaphore::new(JOIN_CONCURRENCY));
+    let mut connecting = Vec::new();
     for room in 0..opts.rooms {
         for p in 0..opts.publishers {
             let index = room * opts.publishers + p;
-            let requested = Instant::now();
-            let client = connect_publisher(&opts, &sched, room, index).await?;
-            if let Some(id) = &client.peer_id {
-                publisher_ids.insert(id.clone(), index);
-            }
-            let sender = client.sender();
-            let (sched, shared) = (sched.clone(), shared.clone());
-            let speed = opts.speed;
-            // Stagger publishers so rooms do not send keyframes in lockstep.
-            let stagger = Duration::from_millis((index as u64 * 137) % 1000);
-            send_tasks.push(tokio::spawn(async move {
-                tokio::time::sleep(stagger).await;
-                replay(sender, &sched, speed, index, &shared).await
+            let (opts, sched, sem) = (opts.clone(), sched.clone(), sem.clone());
+            connecting.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.ok();
+                let requested = Instant::now();
+                let client = connect_publisher(&opts, &sched, room, index).await?;
+                Ok::<_, LoadError>((client, requested, room, index))
             }));
-            publishers.push((client, requested, room));
         }
+    }
+    let mut publishers = Vec::new();
+    let mut publisher_ids: HashMap<String, usize> = HashMap::new();
+    let mut send_tasks = Vec::new();
+    for c in connecting {
+        let (client, requested, room, index) =
+            c.await.map_err(|e| LoadError::NoClients(e.to_string()))??;
+        if let Some(id) = &client.peer_id {
+            publisher_ids.insert(id.clone(), index);
+        }
+        let sender = client.sender();
+        let (sched, shared) = (sched.clone(), shared.clone());
+        let speed = opts.speed;
+        // Stagger publishers so rooms do not send keyframes in lockstep.
+        let stagger = Duration::from_millis((index as u64 * 137) % 1000);
+        send_tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(stagger).await;
+            replay(sender, &sched, speed, index, &shared).await
+        }));
+        publishers.push((client, requested, room));
     }
     let publisher_ids = Arc::new(publisher_ids);
     let after_publishers = ServerSample::take(&opts).await;
@@ -482,8 +494,12 @@ async fn receive(
                     .unwrap_or(first_publisher);
                 let sent = shared.sends.lookup(publisher, payload_key(&p.payload));
                 let latency = sent.map(|t| p.received_at.saturating_duration_since(t));
-                shared.timeline.received(p.payload.len(), latency);
-                st.on_packet(&p, latency);
+                let second = p
+                    .received_at
+                    .saturating_duration_since(shared.start)
+                    .as_secs() as usize;
+                shared.timeline.received(p.payload.len(), latency, second);
+                st.on_packet(&p);
             }
             ClientEvent::Signal(ServerMsg::TrackMap { tracks }) => {
                 for t in tracks {
@@ -504,7 +520,7 @@ async fn receive(
     while let Ok(Some(ClientEvent::Rtp(p))) =
         tokio::time::timeout_at(drain_until, client.next_event()).await
     {
-        st.on_packet(&p, None);
+        st.on_packet(&p);
     }
     (st, client)
 }

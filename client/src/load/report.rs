@@ -169,16 +169,19 @@ impl Report {
         tester_cpu_seconds: f64,
         elapsed: Duration,
     ) -> Report {
-        let mut latency = histogram();
+        let lat = timeline
+            .latency
+            .lock()
+            .map(|h| (h.overall.clone(), h.per_second.clone()));
+        let (latency, lat_seconds) = lat.unwrap_or_else(|_| (histogram(), Vec::new()));
         let seconds = subs.iter().map(|s| s.seconds.len()).max().unwrap_or(0);
-        let mut per_second: Vec<(u64, u64, hdrhistogram::Histogram<u64>)> =
-            (0..seconds).map(|_| (0, 0, histogram())).collect();
+        let mut per_second: Vec<(u64, u64, hdrhistogram::Histogram<u64>)> = (0..seconds)
+            .map(|i| (0, 0, lat_seconds.get(i).cloned().unwrap_or_else(histogram)))
+            .collect();
         for s in &subs {
-            let _ = latency.add(&s.latency);
             for (i, b) in s.seconds.iter().enumerate() {
                 per_second[i].0 += b.received;
                 per_second[i].1 += b.bytes;
-                let _ = per_second[i].2.add(&b.latency);
             }
         }
         let sent_per_second = timeline

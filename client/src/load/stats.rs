@@ -72,6 +72,24 @@ pub struct Timeline {
     pub latency_count: AtomicU64,
     /// Packets sent in each second of the run.
     pub sent_per_second: Mutex<Vec<u64>>,
+    /// Latency of every matched packet, overall and per second of the run.
+    /// Shared rather than per subscriber: 400 subscribers × per-second
+    /// histograms took gigabytes.
+    pub latency: Mutex<LatencyHistograms>,
+}
+
+pub struct LatencyHistograms {
+    pub overall: Histogram<u64>,
+    pub per_second: Vec<Histogram<u64>>,
+}
+
+impl Default for LatencyHistograms {
+    fn default() -> Self {
+        LatencyHistograms {
+            overall: histogram(),
+            per_second: Vec::new(),
+        }
+    }
 }
 
 impl Timeline {
@@ -86,14 +104,20 @@ impl Timeline {
         }
     }
 
-    pub fn received(&self, bytes: usize, latency: Option<Duration>) {
+    pub fn received(&self, bytes: usize, latency: Option<Duration>, second: usize) {
         self.received.fetch_add(1, Ordering::Relaxed);
         self.received_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
-        if let Some(l) = latency {
-            self.latency_sum_us
-                .fetch_add(l.as_micros() as u64, Ordering::Relaxed);
-            self.latency_count.fetch_add(1, Ordering::Relaxed);
+        let Some(l) = latency else { return };
+        let us = (l.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+        self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = self.latency.lock() {
+            let _ = h.overall.record(us);
+            if h.per_second.len() <= second {
+                h.per_second.resize_with(second + 1, histogram);
+            }
+            let _ = h.per_second[second].record(us);
         }
     }
 }
@@ -132,10 +156,10 @@ impl StreamStat {
     }
 }
 
+#[derive(Clone, Copy, Default)]
 pub struct SecondBucket {
     pub received: u64,
     pub bytes: u64,
-    pub latency: Histogram<u64>,
 }
 
 pub struct SubscriberStats {
@@ -144,7 +168,6 @@ pub struct SubscriberStats {
     pub first_packet: Option<Instant>,
     pub first_video: Option<Instant>,
     pub streams: HashMap<u32, StreamStat>,
-    pub latency: Histogram<u64>,
     pub seconds: Vec<SecondBucket>,
     pub closed: Option<String>,
     pub bytes: u64,
@@ -158,14 +181,13 @@ impl SubscriberStats {
             first_packet: None,
             first_video: None,
             streams: HashMap::new(),
-            latency: histogram(),
             seconds: Vec::new(),
             closed: None,
             bytes: 0,
         }
     }
 
-    pub fn on_packet(&mut self, p: &ReceivedRtp, latency: Option<Duration>) {
+    pub fn on_packet(&mut self, p: &ReceivedRtp) {
         self.first_packet.get_or_insert(p.received_at);
         if p.kind == Some(MediaKind::Video) {
             self.first_video.get_or_insert(p.received_at);
@@ -200,20 +222,11 @@ impl SubscriberStats {
             .saturating_duration_since(self.run_start)
             .as_secs() as usize;
         if self.seconds.len() <= second {
-            self.seconds.resize_with(second + 1, || SecondBucket {
-                received: 0,
-                bytes: 0,
-                latency: histogram(),
-            });
+            self.seconds.resize(second + 1, SecondBucket::default());
         }
         let b = &mut self.seconds[second];
         b.received += 1;
         b.bytes += p.payload.len() as u64;
-        if let Some(l) = latency {
-            let us = (l.as_micros() as u64).clamp(1, MAX_LATENCY_US);
-            let _ = self.latency.record(us);
-            let _ = b.latency.record(us);
-        }
     }
 
     pub fn loss(&self) -> f64 {
