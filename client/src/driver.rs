@@ -148,7 +148,8 @@ impl Driver {
             None => format!("{base}/ws"),
         };
         let (mut ws, _) =
-            tokio_tungstenite::connect_async(&url)
+            // No Nagle: signaling messages are small and latency-bound.
+            tokio_tungstenite::connect_async_with_config(&url, None, true)
                 .await
                 .map_err(|e| ClientError::Unreachable {
                     url: url.clone(),

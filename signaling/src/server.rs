@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use meridian_sfu::core::PeerId;
 use meridian_sfu::io::{Command, NodeHandle};
@@ -109,6 +110,14 @@ pub async fn serve(
             let _ = done_rx.await;
         }
     };
+    // Signaling is small request/response messages: without TCP_NODELAY a
+    // message written right after another waits for the peer's delayed ACK
+    // (40 ms on Linux), which showed in every join.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
