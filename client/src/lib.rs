@@ -192,6 +192,8 @@ impl RtpSender {
 pub struct Client {
     sender: RtpSender,
     events: mpsc::Receiver<ClientEvent>,
+    /// Events `wait_connected` passed over, returned by `next_event` first.
+    held: std::collections::VecDeque<ClientEvent>,
     /// The server's id for this peer (WebSocket sessions).
     pub peer_id: Option<String>,
     /// The WHIP/WHEP resource to DELETE, if any.
@@ -237,6 +239,7 @@ impl Client {
         Client {
             sender: RtpSender { tx: cmd_tx },
             events: ev_rx,
+            held: std::collections::VecDeque::new(),
             peer_id,
             location,
             local_addr,
@@ -254,17 +257,21 @@ impl Client {
 
     /// The next event; `None` once the client has stopped.
     pub async fn next_event(&mut self) -> Option<ClientEvent> {
+        if let Some(e) = self.held.pop_front() {
+            return Some(e);
+        }
         self.events.recv().await
     }
 
-    /// Waits until ICE + DTLS are up, passing over other events.
+    /// Waits until ICE + DTLS are up. Other events that arrive meanwhile are
+    /// kept and returned by `next_event` afterwards.
     pub async fn wait_connected(&mut self, timeout: Duration) -> Result<(), ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(ClientEvent::Connected)) => return Ok(()),
                 Ok(Some(ClientEvent::Closed(why))) => return Err(ClientError::Protocol(why)),
-                Ok(Some(_)) => continue,
+                Ok(Some(other)) => self.held.push_back(other),
                 Ok(None) => return Err(ClientError::Closed),
                 Err(_) => return Err(ClientError::Timeout("ICE/DTLS connection")),
             }
