@@ -149,6 +149,7 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     RoomFull,
+    RateLimited,
     ServerShutdown,
     Internal,
 }

@@ -50,12 +50,26 @@ pub(crate) struct AppState {
     pub shutting_down: AtomicBool,
     /// Flips to true once when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
-    /// WHIP/WHEP sessions by the id in their Location.
-    pub sessions: Mutex<HashMap<String, PeerId>>,
+    /// WHIP/WHEP sessions by the (random) id in their Location.
+    pub sessions: Mutex<HashMap<String, HttpSession>>,
     pub next_guest: AtomicU64,
 }
 
 pub(crate) type Shared = Arc<AppState>;
+
+/// A WHIP/WHEP resource: only a token for its room and identity may end it.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpSession {
+    pub room: String,
+    pub identity: String,
+    pub peer: PeerId,
+}
+
+/// Room names: 1–128 characters, no '/' (they appear in URLs) and no
+/// control characters.
+pub(crate) fn valid_room(room: &str) -> bool {
+    !room.is_empty() && room.len() <= 128 && !room.chars().any(|c| c.is_control() || c == '/')
+}
 
 /// An HTTP error with a JSON body: `{"error": code, "message": …}`.
 pub(crate) fn http_error(

@@ -8,11 +8,12 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use meridian_sfu::core::{CommandError, JoinKind, JoinRequest, RoomId};
-use meridian_sfu::io::Command;
+use meridian_sfu::io::{Command, PeerEvent};
+use tokio::sync::mpsc;
 
 use crate::auth::AuthError;
 use crate::ratelimit::BAD_INPUT;
-use crate::server::{http_error, Shared};
+use crate::server::{http_error, valid_room, HttpSession, Shared};
 
 /// WHIP/WHEP offers above this size are refused.
 const MAX_OFFER: usize = 128 * 1024;
@@ -57,6 +58,13 @@ async fn post(
             "the server is stopping",
         );
     }
+    if !valid_room(&room) {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "bad_room",
+            "room must be 1–128 characters, no '/' or control characters",
+        );
+    }
     let grants = match state.auth.verify(bearer(&headers), &room) {
         Ok(g) => g,
         Err(e) => return auth_error(e),
@@ -99,7 +107,7 @@ async fn post(
     let req = JoinRequest {
         room: RoomId(room.clone()),
         identity: identity.clone(),
-        name: identity,
+        name: identity.clone(),
         kind: match dir {
             Dir::Whip => JoinKind::Whip,
             Dir::Whep => JoinKind::Whep { target },
@@ -108,19 +116,51 @@ async fn post(
         can_subscribe: dir == Dir::Whep,
         auto_subscribe: false,
     };
+    let (events, mut gone) = mpsc::channel(1);
     let result = state
         .node
         .call(|reply| match dir {
-            Dir::Whip => Command::Whip { req, offer, reply },
-            Dir::Whep => Command::Whep { req, offer, reply },
+            Dir::Whip => Command::Whip {
+                req,
+                offer,
+                events,
+                reply,
+            },
+            Dir::Whep => Command::Whep {
+                req,
+                offer,
+                events,
+                reply,
+            },
         })
         .await;
     match result {
         Ok((peer, answer)) => {
-            let session = format!("s{}", peer.0);
+            // Unguessable: the id in a Location must not name other sessions.
+            let session = format!("s{:032x}", rand::random::<u128>());
             if let Ok(mut s) = state.sessions.lock() {
-                s.insert(session.clone(), peer);
+                s.insert(
+                    session.clone(),
+                    HttpSession {
+                        room: room.clone(),
+                        identity: identity.clone(),
+                        peer,
+                    },
+                );
             }
+            // Forget the resource when the peer ends on its own (ICE loss,
+            // connect timeout, shutdown), not only on DELETE.
+            let forget = (state.clone(), session.clone());
+            tokio::spawn(async move {
+                while let Some(ev) = gone.recv().await {
+                    if let PeerEvent::Gone { .. } = ev {
+                        break;
+                    }
+                }
+                if let Ok(mut s) = forget.0.sessions.lock() {
+                    s.remove(&forget.1);
+                }
+            });
             let location = format!("/{prefix}/{room}/{session}");
             (
                 StatusCode::CREATED,
@@ -175,23 +215,30 @@ pub(crate) async fn session_delete(
     Path((room, session)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = state.auth.verify(bearer(&headers), &room) {
-        return auth_error(e);
-    }
-    let peer = state
-        .sessions
-        .lock()
-        .ok()
-        .and_then(|mut s| s.remove(&session));
-    match peer {
-        Some(peer) => {
-            let _ = state.node.send(Command::Leave { peer }).await;
+    let grants = match state.auth.verify(bearer(&headers), &room) {
+        Ok(g) => g,
+        Err(e) => return auth_error(e),
+    };
+    // Only the session's own room, and (with tokens) its own identity.
+    let found = state.sessions.lock().ok().and_then(|mut s| {
+        let ok = s.get(&session).is_some_and(|h| {
+            h.room == room && grants.identity.as_ref().is_none_or(|i| *i == h.identity)
+        });
+        if ok {
+            s.remove(&session)
+        } else {
+            None
+        }
+    });
+    match found {
+        Some(h) => {
+            let _ = state.node.send(Command::Leave { peer: h.peer }).await;
             StatusCode::NO_CONTENT.into_response()
         }
         None => http_error(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no session {session:?}"),
+            format!("no session {session:?} of yours in room {room:?}"),
         ),
     }
 }

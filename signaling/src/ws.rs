@@ -29,6 +29,12 @@ const MAX_WS_MESSAGE: usize = 256 * 1024;
 /// and a larger one is simply read in several chunks.
 const WS_READ_BUFFER: usize = 8 * 1024;
 
+/// Messages a session may send in a burst, and per second after that. A
+/// browser sends a handful per negotiation; this bounds what one socket can
+/// make the media worker do.
+const RATE_BURST: f64 = 50.0;
+const RATE_PER_SECOND: f64 = 20.0;
+
 /// Longest room name / display name accepted.
 const MAX_NAME: usize = 128;
 
@@ -44,11 +50,42 @@ pub(crate) async fn ws_handler(
         .on_upgrade(move |socket| Session::new(state, token).run(socket))
 }
 
+/// A token bucket of messages.
+struct RateLimit {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        RateLimit {
+            tokens: RATE_BURST,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * RATE_PER_SECOND).min(RATE_BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 struct Session {
     state: Shared,
+    rate: RateLimit,
     token: Option<String>,
     peer: Option<PeerId>,
-    events_tx: mpsc::Sender<PeerEvent>,
+    /// Handed to the media worker at join; the session keeps no copy, so
+    /// `events_rx` ends when the worker drops the peer (even silently).
+    events_tx: Option<mpsc::Sender<PeerEvent>>,
     events_rx: mpsc::Receiver<PeerEvent>,
 }
 
@@ -77,9 +114,10 @@ impl Session {
         let (events_tx, events_rx) = mpsc::channel(PEER_EVENT_QUEUE);
         Session {
             state,
+            rate: RateLimit::new(),
             token,
             peer: None,
-            events_tx,
+            events_tx: Some(events_tx),
             events_rx,
         }
     }
@@ -138,6 +176,13 @@ impl Session {
     }
 
     async fn handle_text(&mut self, text: &str) -> Step {
+        if !self.rate.allow() {
+            BAD_INPUT.record("rate_limited", &"signaling messages too fast");
+            return Step::Reply(vec![ServerMsg::error(
+                ErrorCode::RateLimited,
+                format!("more than {RATE_PER_SECOND} messages per second; slow down"),
+            )]);
+        }
         let msg = match parse_client(text) {
             Ok(m) => m,
             Err(e) => {
@@ -186,9 +231,14 @@ impl Session {
             ClientMsg::Candidate { .. } => Ok(vec![]),
             ClientMsg::TrackInfo { mid, label } => {
                 let label: String = label.chars().take(MAX_NAME).collect();
-                node.send(Command::Label { peer, mid, label })
-                    .await
-                    .map(|_| vec![])
+                node.call(|reply| Command::Label {
+                    peer,
+                    mid,
+                    label,
+                    reply,
+                })
+                .await
+                .map(|_| vec![])
             }
             ClientMsg::Mute {
                 track_id,
@@ -275,10 +325,7 @@ impl Session {
                 "the server is stopping; try another node",
             )]);
         }
-        if room.is_empty()
-            || room.len() > MAX_NAME
-            || room.chars().any(|c| c.is_control() || c == '/')
-        {
+        if !crate::server::valid_room(&room) {
             return Step::Reply(vec![ServerMsg::error(
                 ErrorCode::BadMessage,
                 "room must be 1–128 characters, no '/' or control characters",
@@ -315,7 +362,12 @@ impl Session {
             can_subscribe: grants.subscribe,
             auto_subscribe: auto_subscribe.unwrap_or(true),
         };
-        let events = self.events_tx.clone();
+        let Some(events) = self.events_tx.take() else {
+            return Step::Close(vec![ServerMsg::error(
+                ErrorCode::AlreadyJoined,
+                "this session has joined before; open a new WebSocket",
+            )]);
+        };
         match self
             .state
             .node

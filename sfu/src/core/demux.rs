@@ -18,9 +18,13 @@ use super::ids::PeerId;
 /// ICE consent freshness (30 s), so a live peer never loses its entry.
 pub const ADDR_IDLE_TIMEOUT: Duration = Duration::from_secs(40);
 
-/// Upper bound of learned addresses. A peer normally has one or two
-/// (a candidate pair, maybe a second after a network change).
+/// Upper bound of learned addresses over all peers.
 pub const MAX_ADDRS: usize = 65_536;
+
+/// Addresses one peer may have. A peer normally has one or two (a candidate
+/// pair, another after a network change); a client that knows its own ufrag
+/// must not fill the table from many source ports. Its oldest is evicted.
+pub const MAX_ADDRS_PER_PEER: usize = 4;
 
 /// Why a datagram could not be routed to a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +85,9 @@ impl Demux {
         let msg = StunMessage::parse(buf).map_err(|_| DemuxMiss::BadStun)?;
         let (local, _remote) = msg.split_username().ok_or(DemuxMiss::BadStun)?;
         let peer = *self.by_ufrag.get(local).ok_or(DemuxMiss::UnknownUfrag)?;
+        if !self.by_addr.contains_key(&source) {
+            self.cap_peer(peer);
+        }
         if self.by_addr.len() >= MAX_ADDRS && !self.by_addr.contains_key(&source) {
             self.evict_idle(now);
             if self.by_addr.len() >= MAX_ADDRS {
@@ -96,6 +103,23 @@ impl Demux {
             },
         );
         Ok(peer)
+    }
+
+    /// Makes room for one more address of `peer`: drops its least recently
+    /// seen one when it has `MAX_ADDRS_PER_PEER`. Linear in the peer's
+    /// entries only through the scan; rare (a new address per peer).
+    fn cap_peer(&mut self, peer: PeerId) {
+        let mine: Vec<(SocketAddr, Instant)> = self
+            .by_addr
+            .iter()
+            .filter(|(_, e)| e.peer == peer)
+            .map(|(a, e)| (*a, e.last_seen))
+            .collect();
+        if mine.len() >= MAX_ADDRS_PER_PEER {
+            if let Some((oldest, _)) = mine.iter().min_by_key(|(_, t)| *t) {
+                self.by_addr.remove(oldest);
+            }
+        }
     }
 
     /// Forgets addresses idle for longer than `ADDR_IDLE_TIMEOUT`.
@@ -178,6 +202,28 @@ mod tests {
         assert_eq!(d.addr_count(), 0);
         assert_eq!(
             d.route(t0, addr(2), &[0x80, 0]),
+            Err(DemuxMiss::UnknownSource)
+        );
+    }
+
+    #[test]
+    fn one_peer_cannot_fill_the_table() {
+        let t0 = Instant::now();
+        let mut d = Demux::default();
+        d.add_peer("a", PeerId(1));
+        d.add_peer("b", PeerId(2));
+        d.route(t0, addr(1), &binding_request("b", "x")).unwrap();
+        for port in 100..1100u16 {
+            let now = t0 + Duration::from_millis(u64::from(port));
+            d.route(now, addr(port), &binding_request("a", "x"))
+                .unwrap();
+        }
+        assert_eq!(d.addr_count(), MAX_ADDRS_PER_PEER + 1);
+        // The other peer keeps its address; the flooder keeps its newest.
+        assert_eq!(d.route(t0, addr(1), &[0x80, 0]), Ok(PeerId(2)));
+        assert_eq!(d.route(t0, addr(1099), &[0x80, 0]), Ok(PeerId(1)));
+        assert_eq!(
+            d.route(t0, addr(100), &[0x80, 0]),
             Err(DemuxMiss::UnknownSource)
         );
     }

@@ -47,6 +47,14 @@ const RTX_CACHE_PACKETS: usize = 512;
 /// Share of retransmitted bytes above which str0m drops queued resends.
 const RTX_RATIO_CAP: f32 = 0.15;
 
+/// Most m-lines one offer may carry. Every published m-line becomes a track
+/// that every other peer in the room is told about and (with auto-subscribe)
+/// offered; a browser publishes 2–4.
+pub const MAX_MEDIA_PER_OFFER: usize = 16;
+
+/// Most labels a peer may set (one per own m-line is the normal use).
+const MAX_LABELS: usize = MAX_MEDIA_PER_OFFER;
+
 /// Data-channel messages above this size are dropped rather than fanned out.
 const MAX_CHAT_MESSAGE: usize = 16 * 1024;
 
@@ -233,6 +241,17 @@ fn sdp_error(e: impl std::fmt::Display) -> CommandError {
     CommandError::BadSdp(e.to_string())
 }
 
+/// Parses an offer, refusing ones with more m-lines than a peer may have.
+fn parse_offer(sdp: &str) -> Result<SdpOffer, CommandError> {
+    let media = sdp.lines().filter(|l| l.starts_with("m=")).count();
+    if media > MAX_MEDIA_PER_OFFER {
+        return Err(CommandError::BadSdp(format!(
+            "{media} m-lines; at most {MAX_MEDIA_PER_OFFER} are accepted"
+        )));
+    }
+    SdpOffer::from_sdp_string(sdp).map_err(sdp_error)
+}
+
 impl Node {
     pub fn new(config: NodeConfig, now: Instant) -> Self {
         let rng = match config.seed {
@@ -414,7 +433,7 @@ impl Node {
         offer: &str,
     ) -> Result<(PeerId, String), CommandError> {
         // Parse before creating anything: a bad offer leaves no trace.
-        let offer = SdpOffer::from_sdp_string(offer).map_err(sdp_error)?;
+        let offer = parse_offer(offer)?;
         let (id, _) = self.join(now, req)?;
         match self.accept_offer(id, offer) {
             Ok(answer) => Ok((id, answer)),
@@ -433,7 +452,7 @@ impl Node {
         sdp: &str,
     ) -> Result<String, CommandError> {
         self.advance(now);
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(sdp_error)?;
+        let offer = parse_offer(sdp)?;
         self.accept_offer(peer, offer)
     }
 
@@ -522,6 +541,9 @@ impl Node {
             .get_mut(&id)
             .ok_or(CommandError::UnknownPeer(id))?;
         peer.labels.retain(|(m, _)| *m != mid);
+        if peer.labels.len() >= MAX_LABELS {
+            return Err(CommandError::Forbidden("too many track labels"));
+        }
         peer.labels.push((mid, label.clone()));
         if let Some(track) = peer.track_at(mid) {
             if let Some(t) = self

@@ -53,14 +53,18 @@ pub enum Command {
         events: mpsc::Sender<PeerEvent>,
         reply: Reply<(PeerId, Vec<ParticipantInfo>)>,
     },
+    /// WHIP/WHEP sessions get `PeerEvent::Gone` on `events` when they end,
+    /// so signaling can forget their resource.
     Whip {
         req: JoinRequest,
         offer: String,
+        events: mpsc::Sender<PeerEvent>,
         reply: Reply<(PeerId, String)>,
     },
     Whep {
         req: JoinRequest,
         offer: String,
+        events: mpsc::Sender<PeerEvent>,
         reply: Reply<(PeerId, String)>,
     },
     Offer {
@@ -78,6 +82,7 @@ pub enum Command {
         peer: PeerId,
         mid: String,
         label: String,
+        reply: Reply<()>,
     },
     Mute {
         peer: PeerId,
@@ -272,11 +277,29 @@ impl Worker {
                 }
                 let _ = reply.send(r);
             }
-            Command::Whip { req, offer, reply } => {
-                let _ = reply.send(self.node.whip(now, req, &offer));
+            Command::Whip {
+                req,
+                offer,
+                events,
+                reply,
+            } => {
+                let r = self.node.whip(now, req, &offer);
+                if let Ok((id, _)) = &r {
+                    self.sessions.insert(*id, events);
+                }
+                let _ = reply.send(r);
             }
-            Command::Whep { req, offer, reply } => {
-                let _ = reply.send(self.node.whep(now, req, &offer));
+            Command::Whep {
+                req,
+                offer,
+                events,
+                reply,
+            } => {
+                let r = self.node.whep(now, req, &offer);
+                if let Ok((id, _)) = &r {
+                    self.sessions.insert(*id, events);
+                }
+                let _ = reply.send(r);
             }
             Command::Offer { peer, sdp, reply } => {
                 let _ = reply.send(self.node.handle_offer(now, peer, &sdp));
@@ -289,10 +312,16 @@ impl Worker {
             } => {
                 let _ = reply.send(self.node.handle_answer(now, peer, &sdp, seq));
             }
-            Command::Label { peer, mid, label } => {
-                let _ = self
-                    .node
-                    .set_track_label(peer, Mid::from(mid.as_str()), label);
+            Command::Label {
+                peer,
+                mid,
+                label,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.node
+                        .set_track_label(peer, Mid::from(mid.as_str()), label),
+                );
             }
             Command::Mute {
                 peer,
