@@ -59,7 +59,8 @@ async fn roundtrip(codec: VideoCodec) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sender = publisher.sender();
     tokio::spawn(async move {
-        for n in 0..150u32 {
+        // Start mid-GOP: the first packets are not keyframes.
+        for n in 10..160u32 {
             let pkt = OutRtp {
                 kind: MediaKind::Video,
                 timestamp: n * 3000,
@@ -81,11 +82,11 @@ async fn roundtrip(codec: VideoCodec) {
     let first = got.first().expect("video arrives");
     assert_eq!(
         first,
-        &payload(codec, 0),
-        "{codec:?}: forwarding starts on the keyframe"
+        &payload(codec, 30),
+        "{codec:?}: forwarding starts on the first keyframe sent"
     );
-    let expected: Vec<Arc<[u8]>> = (0..150).map(|n| payload(codec, n)).collect();
-    assert!(got.len() >= 148, "{codec:?}: {} of 150 arrived", got.len());
+    let expected: Vec<Arc<[u8]>> = (30..160).map(|n| payload(codec, n)).collect();
+    assert!(got.len() >= 128, "{codec:?}: {} of 130 arrived", got.len());
     assert!(
         got.iter().all(|p| expected.contains(p)),
         "{codec:?}: payloads unchanged"

@@ -139,7 +139,13 @@ async fn subscribe_unsubscribe_mute_and_leave() {
         .unwrap();
     let (_, _, sigs) = collect(&mut viewer, Duration::from_millis(500)).await;
     assert!(
-        sigs.iter().any(|s| matches!(s, ServerMsg::Error { .. })),
+        sigs.iter().any(|s| matches!(
+            s,
+            ServerMsg::Error {
+                code: meridian_signaling::protocol::ErrorCode::Forbidden,
+                ..
+            }
+        )),
         "{sigs:?}"
     );
 

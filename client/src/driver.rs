@@ -101,7 +101,7 @@ impl Driver {
         &mut self,
         cfg: &ClientConfig,
         sig: Option<Signaling>,
-    ) -> (SdpOffer, SdpPendingOffer) {
+    ) -> Result<(SdpOffer, SdpPendingOffer), ClientError> {
         let mut api = self.rtc.sdp_api();
         let mut adds = Vec::new();
         if sig == Some(Signaling::Whep) {
@@ -120,7 +120,11 @@ impl Driver {
         if sig.is_none() {
             api.add_channel("meridian".into());
         }
-        let (offer, pending) = api.apply().expect("an offer with at least one m-line");
+        let Some((offer, pending)) = api.apply() else {
+            return Err(ClientError::Protocol(
+                "nothing to negotiate: publish audio or video".into(),
+            ));
+        };
         for (kind, mid, codec) in adds {
             self.outgoing.insert(
                 kind,
@@ -132,7 +136,7 @@ impl Driver {
                 },
             );
         }
-        (offer, pending)
+        Ok((offer, pending))
     }
 
     /// WebSocket: join, offer, wait for the answer. Returns the driver and
@@ -178,7 +182,7 @@ impl Driver {
                 )))
             }
         };
-        let (offer, pending) = d.make_offer(cfg, None);
+        let (offer, pending) = d.make_offer(cfg, None)?;
         send_json(
             &mut ws,
             &ClientMsg::Offer {
@@ -229,7 +233,7 @@ impl Driver {
         sig: Signaling,
     ) -> Result<(Driver, String), ClientError> {
         let mut d = Driver::new(cfg).await?;
-        let (offer, pending) = d.make_offer(cfg, Some(sig));
+        let (offer, pending) = d.make_offer(cfg, Some(sig))?;
         let mut req = reqwest::Client::new()
             .post(url)
             .header("content-type", "application/sdp")

@@ -517,10 +517,10 @@ async fn receive(
     }
     // Count what is still in flight.
     let drain_until = tokio::time::Instant::now() + DRAIN_TIME;
-    while let Ok(Some(ClientEvent::Rtp(p))) =
-        tokio::time::timeout_at(drain_until, client.next_event()).await
-    {
-        st.on_packet(&p);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(drain_until, client.next_event()).await {
+        if let ClientEvent::Rtp(p) = ev {
+            st.on_packet(&p);
+        }
     }
     (st, client)
 }

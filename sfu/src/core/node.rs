@@ -622,11 +622,14 @@ impl Node {
             ));
         }
         let room = self.rooms.get(&peer.room).expect("a peer's room exists");
+        // All or nothing: check the whole list before applying any of it.
+        if on {
+            if let Some(t) = tracks.iter().find(|t| !room.tracks.contains_key(t)) {
+                return Err(CommandError::UnknownTrack(*t));
+            }
+        }
         for t in tracks {
             if on {
-                if !room.tracks.contains_key(t) {
-                    return Err(CommandError::UnknownTrack(*t));
-                }
                 peer.wanted.insert(*t);
             } else {
                 peer.wanted.remove(t);
@@ -919,6 +922,7 @@ impl Node {
             let track_id = if let Some(tid) = adopted {
                 let t = room.tracks.get_mut(&tid).expect("orphan exists");
                 t.owner = Some(id);
+                t.last_owner = id;
                 t.mid = m.mid;
                 t.orphaned_until = None;
                 t.source_epoch += 1;
@@ -934,6 +938,7 @@ impl Node {
                     Track {
                         id: tid,
                         owner: Some(id),
+                        last_owner: id,
                         identity: peer.identity.clone(),
                         kind: m.kind,
                         mid: m.mid,
@@ -1031,7 +1036,7 @@ impl Node {
             self.signal(
                 p,
                 PeerSignal::TrackUnpublished {
-                    peer_id: t.owner.unwrap_or(PeerId(0)),
+                    peer_id: t.last_owner,
                     track_id: track,
                 },
             );

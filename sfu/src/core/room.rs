@@ -14,6 +14,8 @@ pub(crate) struct Track {
     /// The publishing peer; `None` while orphaned (publisher lost, waiting
     /// for the same identity to come back within the reconnect grace).
     pub owner: Option<PeerId>,
+    /// The last peer that published it (for events after it was orphaned).
+    pub last_owner: PeerId,
     pub identity: String,
     pub kind: MediaKind,
     /// The publisher's m-line carrying it.
