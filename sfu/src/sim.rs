@@ -157,6 +157,10 @@ pub struct SimClient {
     /// Datagrams the node sent this client (before loss).
     pub datagrams_in: u64,
     pub errors: Vec<String>,
+    /// When set, server offers are kept in `held_offers` instead of being
+    /// answered (a slow or absent client; glare).
+    pub hold_offers: bool,
+    pub held_offers: Vec<(String, u64)>,
 }
 
 #[derive(Debug)]
@@ -456,6 +460,8 @@ impl SimNet {
             captured: Vec::new(),
             datagrams_in: 0,
             errors: Vec::new(),
+            hold_offers: false,
+            held_offers: Vec::new(),
         });
         self.drain_client(id);
         self.drain_node();
@@ -559,6 +565,51 @@ impl SimNet {
     }
 
     /// The subscriber's str0m sends a PLI for the stream it receives on `mid`.
+    /// The client makes an offer of its own (adding a send-only audio
+    /// m-line), as a browser does when it starts sharing something. Returns
+    /// the node's verdict; on success the client applies the answer.
+    pub fn client_offer(&mut self, id: ClientId) -> Result<(), crate::core::CommandError> {
+        let now = self.now;
+        let c = &mut self.clients[id.0];
+        let mut api = c.rtc.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        let (offer, pending) = api.apply().expect("an offer with a new m-line");
+        let answer = self
+            .node
+            .handle_offer(now, c.peer, &offer.to_sdp_string())?;
+        let answer = SdpAnswer::from_sdp_string(&answer).expect("the node's answer parses");
+        c.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("the client accepts the node's answer");
+        self.drain_client(id);
+        self.drain_node();
+        Ok(())
+    }
+
+    /// Answers the newest held server offer (and forgets the older ones).
+    pub fn answer_held(&mut self, id: ClientId) -> Result<(), crate::core::CommandError> {
+        let now = self.now;
+        let c = &mut self.clients[id.0];
+        let Some((sdp, seq)) = c.held_offers.pop() else {
+            return Ok(());
+        };
+        c.held_offers.clear();
+        let offer = SdpOffer::from_sdp_string(&sdp).expect("the node's offer parses");
+        let answer = c
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .expect("the client accepts the node's offer");
+        let peer = c.peer;
+        let r = self
+            .node
+            .handle_answer(now, peer, &answer.to_sdp_string(), seq);
+        self.drain_client(id);
+        self.drain_node();
+        r
+    }
+
     pub fn request_keyframe_from(&mut self, id: ClientId, mid: Mid) {
         let now = self.now;
         let c = &mut self.clients[id.0];
@@ -829,6 +880,9 @@ impl SimNet {
             return;
         };
         match signal {
+            PeerSignal::Offer { sdp, seq } if self.clients[i].hold_offers => {
+                self.clients[i].held_offers.push((sdp, seq));
+            }
             PeerSignal::Offer { sdp, seq } => {
                 let c = &mut self.clients[i];
                 let offer = SdpOffer::from_sdp_string(&sdp).expect("the node's offer parses");

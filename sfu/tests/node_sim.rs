@@ -708,3 +708,69 @@ fn nack_recovers_downlink_loss() {
     }
     assert_eq!(of_kind(&sim, clean, MediaKind::Video).len(), cam.sent.len());
 }
+
+/// The client offers while the node's offer is outstanding: the node (the
+/// polite side) drops its offer, answers the client's, and offers again; the
+/// subscription it wanted still happens.
+#[test]
+fn glare_the_node_yields_and_offers_again() {
+    let mut sim = SimNet::new(SimConfig::default());
+    let sub = sim.add_subscriber(ROOM, "sub");
+    sim.client_mut(sub).hold_offers = true;
+    let publisher = sim.add_publisher(ROOM, "pub", false, true);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(
+        sim.client(sub).held_offers.len(),
+        1,
+        "the node offered the new track"
+    );
+    let first_seq = sim.client(sub).held_offers[0].1;
+
+    // Glare: the client offers too, before answering.
+    sim.client_offer(sub)
+        .expect("the node answers the client's offer");
+    sim.run_for(Duration::from_millis(200));
+    let held = &sim.client(sub).held_offers;
+    assert_eq!(held.len(), 2, "the node offered again after yielding");
+    assert!(held[1].1 > first_seq);
+
+    // Answering the fresh offer completes the subscription: media flows.
+    sim.client_mut(sub).hold_offers = false;
+    sim.answer_held(sub).expect("the fresh offer is answered");
+    assert_eq!(sim.recv_mids(sub, MediaKind::Video).len(), 1);
+    let mut cam = Camera::new(publisher, 7, 1000, 0);
+    for _ in 0..30 {
+        cam.send_frame(&mut sim);
+        sim.run_for(FRAME);
+    }
+    assert!(
+        sim.received(sub).len() >= 80,
+        "video reaches the subscriber after glare: {}",
+        sim.received(sub).len()
+    );
+}
+
+/// A client that never answers the node's offers is offered again, then
+/// removed; it does not hold renegotiation open for ever.
+#[test]
+fn unanswered_offers_are_retried_then_the_peer_is_removed() {
+    let mut sim = SimNet::new(SimConfig::default());
+    let sub = sim.add_subscriber(ROOM, "mute-client");
+    sim.client_mut(sub).hold_offers = true;
+    let _publisher = sim.add_publisher(ROOM, "pub", true, true);
+    sim.run_for(Duration::from_secs(11));
+    assert_eq!(
+        sim.client(sub).held_offers.len(),
+        2,
+        "offered again after 10 s"
+    );
+    sim.run_for(Duration::from_secs(25));
+    let peer = sim.client(sub).peer;
+    assert!(
+        sim.gone()
+            .iter()
+            .any(|(_, p, why)| *p == peer && *why == "renegotiation timed out"),
+        "removed after three unanswered offers: {:?}",
+        sim.gone()
+    );
+}

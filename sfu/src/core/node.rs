@@ -55,6 +55,11 @@ pub const MAX_MEDIA_PER_OFFER: usize = 16;
 /// Most labels a peer may set (one per own m-line is the normal use).
 const MAX_LABELS: usize = MAX_MEDIA_PER_OFFER;
 
+/// A server offer not answered by then is abandoned and made again; after
+/// `MAX_UNANSWERED_OFFERS` in a row the peer is removed.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_UNANSWERED_OFFERS: u32 = 3;
+
 /// Data-channel messages above this size are dropped rather than fanned out.
 const MAX_CHAT_MESSAGE: usize = 16 * 1024;
 
@@ -463,8 +468,13 @@ impl Node {
             .ok_or(CommandError::UnknownPeer(id))?;
         // Glare: the server is polite. Our outstanding offer is dropped
         // (str0m rolls it back) and re-planned after this one.
-        if peer.neg.pending.take().is_some() {
+        if let Some(p) = peer.neg.pending.take() {
             debug!(peer = %id, "glare: dropping our offer for the client's");
+            let room = self
+                .rooms
+                .get_mut(&peer.room)
+                .expect("a peer's room exists");
+            abandon_offer(peer, room, p);
         }
         let answer = peer.rtc.sdp_api().accept_offer(offer).map_err(sdp_error)?;
         peer.neg.ready = true;
@@ -495,20 +505,33 @@ impl Node {
         };
         self.renegotiate.insert(id);
         Self::mark_dirty(&mut self.dirty, peer);
-        peer.rtc
-            .sdp_api()
-            .accept_answer(pending.offer, answer)
-            .map_err(sdp_error)?;
+        peer.neg.unanswered = 0;
         let room = self
             .rooms
             .get_mut(&peer.room)
             .expect("a peer's room exists");
+        let PendingOffer {
+            offer,
+            seq: _,
+            adds,
+            stops,
+            sent_at: _,
+        } = pending;
+        if let Err(e) = peer.rtc.sdp_api().accept_answer(offer, answer) {
+            // The offer is gone either way; its stops already happened.
+            for mid in stops {
+                peer.outs.retain(|o| o.mid != mid);
+                room.remove_subscriber(id, mid);
+            }
+            return Err(sdp_error(e));
+        }
+
         let mut want_keyframe = Vec::new();
-        for mid in pending.stops {
+        for mid in stops {
             peer.outs.retain(|o| o.mid != mid);
             room.remove_subscriber(id, mid);
         }
-        for (track, mid, kind) in pending.adds {
+        for (track, mid, kind) in adds {
             tune_out_stream(&mut peer.rtc, mid);
             let Some(t) = room.tracks.get_mut(&track) else {
                 // Unpublished while we negotiated: the next offer stops it.
@@ -783,6 +806,37 @@ impl Node {
             .collect();
         for (room, track) in expired {
             self.unpublish(&room, track);
+        }
+        // Server offers nobody answered: make them again, or give up.
+        let stale: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.neg
+                    .pending
+                    .as_ref()
+                    .is_some_and(|o| now.saturating_duration_since(o.sent_at) >= OFFER_TIMEOUT)
+            })
+            .map(|p| p.id)
+            .collect();
+        for id in stale {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let Some(pending) = peer.neg.pending.take() else {
+                continue;
+            };
+            peer.neg.unanswered += 1;
+            let give_up = peer.neg.unanswered >= MAX_UNANSWERED_OFFERS;
+            debug!(peer = %id, seq = pending.seq, give_up, "server offer unanswered");
+            if let Some(room) = self.rooms.get_mut(&peer.room) {
+                abandon_offer(peer, room, pending);
+            }
+            if give_up {
+                self.remove_peer(id, "renegotiation timed out", false);
+            } else {
+                self.renegotiate.insert(id);
+            }
         }
         // Peers that never connected.
         let stale: Vec<PeerId> = self
@@ -1376,6 +1430,7 @@ impl Node {
             seq,
             adds,
             stops,
+            sent_at: self.now,
         });
         Self::mark_dirty(&mut self.dirty, peer);
         debug!(peer = %id, seq, "server offer");
@@ -1452,6 +1507,16 @@ fn new_out(mid: Mid, kind: MediaKind, source: Option<TrackId>, rng: &mut SmallRn
         source,
         fwd: Forwarder::new(first_seq, first_ts),
         pt_map: None,
+    }
+}
+
+/// Our offer will never be answered (glare, timeout): drop the m-lines it
+/// stopped (str0m stopped them already) from our side too. Its additions are
+/// rolled back by str0m and re-planned by the next `negotiate`.
+fn abandon_offer(peer: &mut Peer, room: &mut Room, pending: PendingOffer) {
+    for mid in pending.stops {
+        peer.outs.retain(|o| o.mid != mid);
+        room.remove_subscriber(peer.id, mid);
     }
 }
 

@@ -48,7 +48,10 @@ pub(crate) struct PendingOffer {
     pub offer: SdpPendingOffer,
     pub seq: u64,
     pub adds: Vec<(TrackId, Mid, MediaKind)>,
+    /// str0m stops these m-lines at once, not when the answer comes: if the
+    /// offer is abandoned they must still be dropped on our side.
     pub stops: Vec<Mid>,
+    pub sent_at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +60,8 @@ pub(crate) struct Negotiation {
     pub next_seq: u64,
     /// The client's first offer has been accepted: server offers may follow.
     pub ready: bool,
+    /// Server offers in a row that went unanswered.
+    pub unanswered: u32,
 }
 
 #[derive(Debug)]
