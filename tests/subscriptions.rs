@@ -185,6 +185,7 @@ async fn chat_reaches_the_others() {
             if let ClientEvent::Chat(text) = ev {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
                 assert_eq!(v["name"], "ann");
+                assert!(v["identity"].as_str().is_some_and(|i| i.starts_with("ann")));
                 assert_eq!(v["data"], "hello bob");
                 assert_eq!(v["from"].as_str(), a.peer_id.as_deref());
                 return;
@@ -192,4 +193,38 @@ async fn chat_reaches_the_others() {
         }
     }
     panic!("chat message never arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_floods_are_rate_limited_and_counted() {
+    let server = Server::start(&[]).await;
+    let mut a = Client::connect(ClientConfig::new(server.base(), "flood", "ann"))
+        .await
+        .unwrap();
+    let mut b = Client::connect(ClientConfig::new(server.base(), "flood", "bob"))
+        .await
+        .unwrap();
+    a.wait_connected(Duration::from_secs(10)).await.unwrap();
+    b.wait_connected(Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..100 {
+        a.sender().chat(format!("spam {i}")).await.unwrap();
+    }
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, b.next_event()).await {
+        if let ClientEvent::Chat(_) = ev {
+            got += 1;
+        }
+    }
+    assert!(
+        (15..=40).contains(&got),
+        "a burst of about 20 passes, the rest is dropped: {got}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let m = server.metrics().await;
+    assert!(
+        m["meridian_dropped_total{reason=\"chat_rate_limited\"}"] >= 50,
+        "{m:?}"
+    );
 }

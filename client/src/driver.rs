@@ -60,6 +60,8 @@ pub(crate) struct Driver {
     /// Our own offer awaiting the server's answer (impolite side of glare).
     pending: Option<SdpPendingOffer>,
     channel: Option<ChannelId>,
+    /// Signals received during connect, delivered first by `run`.
+    early: Vec<ServerMsg>,
 }
 
 fn rtc_error(e: impl std::fmt::Display) -> ClientError {
@@ -89,6 +91,7 @@ impl Driver {
             track_ids: HashMap::new(),
             pending: None,
             channel: None,
+            early: Vec::new(),
         })
     }
 
@@ -168,12 +171,13 @@ impl Driver {
             },
         )
         .await?;
-        let peer_id = match recv_json(&mut ws).await? {
-            ServerMsg::Joined { peer_id, .. } => peer_id,
+        let joined = recv_json(&mut ws).await?;
+        let peer_id = match &joined {
+            ServerMsg::Joined { peer_id, .. } => peer_id.clone(),
             ServerMsg::Error { code, message } => {
                 return Err(ClientError::Refused {
                     code: format!("{code:?}"),
-                    message,
+                    message: message.clone(),
                 })
             }
             other => {
@@ -191,8 +195,9 @@ impl Driver {
             },
         )
         .await?;
-        // Events may arrive before our answer; keep them for the run loop.
-        let mut early = Vec::new();
+        // The roster and events that arrive before our answer are handed to
+        // the caller as the first events.
+        let mut early = vec![joined];
         let answer = loop {
             match recv_json(&mut ws).await? {
                 ServerMsg::Answer { sdp, .. } => break sdp,
@@ -211,13 +216,14 @@ impl Driver {
             .accept_answer(pending, answer)
             .map_err(rtc_error)?;
         d.ws = Some(ws);
-        for m in early {
+        for m in &early {
             d.early_signal(m);
         }
+        d.early = early;
         Ok((d, Some(peer_id)))
     }
 
-    fn early_signal(&mut self, m: ServerMsg) {
+    fn early_signal(&mut self, m: &ServerMsg) {
         if let ServerMsg::TrackMap { tracks } = &m {
             for t in tracks {
                 self.track_ids
@@ -274,6 +280,9 @@ impl Driver {
         events: mpsc::Sender<ClientEvent>,
     ) {
         let mut buf = vec![0u8; 2048];
+        for m in std::mem::take(&mut self.early) {
+            let _ = events.send(ClientEvent::Signal(m)).await;
+        }
         let reason = loop {
             let timeout = match self.drain(&events).await {
                 Ok(t) => t,

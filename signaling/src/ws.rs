@@ -35,6 +35,10 @@ const WS_READ_BUFFER: usize = 8 * 1024;
 const RATE_BURST: f64 = 50.0;
 const RATE_PER_SECOND: f64 = 20.0;
 
+/// A socket that has not joined by then is closed: unauthenticated
+/// connections must not linger.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Longest room name / display name accepted.
 const MAX_NAME: usize = 128;
 
@@ -126,9 +130,16 @@ impl Session {
         let (mut sink, mut stream) = socket.split();
         let mut shutdown = self.state.shutdown.clone();
         let span = info_span!("ws", peer = tracing::field::Empty);
+        let join_deadline = tokio::time::sleep(JOIN_TIMEOUT);
+        tokio::pin!(join_deadline);
         async {
             loop {
+                let waiting_to_join = self.peer.is_none() && self.events_tx.is_some();
                 let step = tokio::select! {
+                    _ = &mut join_deadline, if waiting_to_join => Step::Close(vec![ServerMsg::error(
+                        ErrorCode::NotJoined,
+                        "no join within 30 s; closing",
+                    )]),
                     msg = stream.next() => match msg {
                         Some(Ok(Message::Text(t))) => self.handle_text(t.as_str()).await,
                         Some(Ok(Message::Binary(_))) => {

@@ -53,10 +53,14 @@ pub enum DropReason {
     NotNegotiated,
     /// A data-channel message over the size limit.
     MessageTooLarge,
+    /// A participant sending chat faster than its rate (5/s after a burst of 20).
+    ChatRateLimited,
+    /// A receiver's data-channel buffer is full (it does not read).
+    ChatBufferFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
         DropReason::BadStun,
@@ -70,6 +74,8 @@ impl DropReason {
         DropReason::NoPayloadType,
         DropReason::NotNegotiated,
         DropReason::MessageTooLarge,
+        DropReason::ChatRateLimited,
+        DropReason::ChatBufferFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +93,8 @@ impl DropReason {
             DropReason::NoPayloadType => "no_payload_type",
             DropReason::NotNegotiated => "not_negotiated",
             DropReason::MessageTooLarge => "message_too_large",
+            DropReason::ChatRateLimited => "chat_rate_limited",
+            DropReason::ChatBufferFull => "chat_buffer_full",
         }
     }
 }

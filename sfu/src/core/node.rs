@@ -383,12 +383,15 @@ impl Node {
             wanted: BTreeSet::new(),
             neg: Negotiation::default(),
             channel: None,
+            chat_rate: Default::default(),
             labels: Vec::new(),
             next_timeout: None,
             dirty: false,
             needs_tick: false,
             connected: false,
-            connect_deadline: None,
+            // Whatever the kind, a peer must be connected this long after
+            // joining (a WebSocket client that never offers included).
+            connect_deadline: Some(self.now + CONNECT_TIMEOUT),
         };
         debug!(peer = %id, room = %req.room, identity = %peer.identity, "peer joined");
         let info = participant_info(&peer, room);
@@ -675,6 +678,9 @@ impl Node {
             if let Some(p) = self.peers.get_mut(&id) {
                 p.rtc.disconnect();
             }
+            // Collect what the close produces (DTLS close_notify, RTCP BYE)
+            // before the peer goes; the caller drains `poll_output`.
+            self.drain_peer(id);
             self.remove_peer(id, "server shutdown", true);
         }
     }
@@ -1325,22 +1331,28 @@ impl Node {
     }
 
     fn on_channel_data(&mut self, from: PeerId, d: ChannelData) {
+        let now = self.now;
         if d.data.len() > MAX_CHAT_MESSAGE {
             self.stats.drops.add(DropReason::MessageTooLarge);
             return;
         }
-        let Some(peer) = self.peers.get(&from) else {
+        let Some(peer) = self.peers.get_mut(&from) else {
             return;
         };
-        let data = if d.binary {
+        if d.binary {
             return; // Only text chat is relayed.
-        } else {
-            String::from_utf8_lossy(&d.data).into_owned()
-        };
+        }
+        if !peer.chat_rate.allow(now) {
+            self.stats.drops.add(DropReason::ChatRateLimited);
+            return;
+        }
+        // The identity comes from the token (or is per session in dev
+        // mode); the display name is the client's own choice.
         let msg = serde_json::json!({
             "from": from.to_string(),
+            "identity": peer.identity,
             "name": peer.name,
-            "data": data,
+            "data": String::from_utf8_lossy(&d.data),
         })
         .to_string();
         let Some(room) = self.rooms.get(&peer.room) else {
@@ -1352,8 +1364,10 @@ impl Node {
             };
             let Some(cid) = p.channel else { continue };
             if let Some(mut ch) = p.rtc.channel(cid) {
-                if let Err(e) = ch.write(false, msg.as_bytes()) {
-                    debug!(peer = %pid, error = %e, "chat write failed");
+                match ch.write(false, msg.as_bytes()) {
+                    Ok(true) => {}
+                    // The receiver's SCTP buffer is full: it is not reading.
+                    Ok(false) | Err(_) => self.stats.drops.add(DropReason::ChatBufferFull),
                 }
                 Self::mark_dirty(&mut self.dirty, p);
             }

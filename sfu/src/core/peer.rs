@@ -64,6 +64,42 @@ pub(crate) struct Negotiation {
     pub unanswered: u32,
 }
 
+/// Chat messages a participant may send in a burst, then per second.
+const CHAT_BURST: f64 = 20.0;
+pub(crate) const CHAT_RATE_PER_SECOND: f64 = 5.0;
+
+/// A token bucket on the virtual clock.
+#[derive(Debug)]
+pub(crate) struct ChatRate {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl Default for ChatRate {
+    fn default() -> Self {
+        ChatRate {
+            tokens: CHAT_BURST,
+            last: None,
+        }
+    }
+}
+
+impl ChatRate {
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * CHAT_RATE_PER_SECOND).min(CHAT_BURST);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Peer {
     pub id: PeerId,
@@ -81,6 +117,7 @@ pub(crate) struct Peer {
     pub wanted: BTreeSet<TrackId>,
     pub neg: Negotiation,
     pub channel: Option<ChannelId>,
+    pub chat_rate: ChatRate,
     /// Labels the client gave its m-lines before or after they were published.
     pub labels: Vec<(Mid, String)>,
     pub next_timeout: Option<Instant>,
