@@ -183,6 +183,7 @@ pub fn spawn_node(
                     candidate_addr,
                     sessions: HashMap::new(),
                     stats: stats_tx,
+                    shutdown_done: None,
                 }
                 .run(rx)
                 .await;
@@ -204,6 +205,7 @@ struct Worker {
     candidate_addr: SocketAddr,
     sessions: HashMap<PeerId, mpsc::Sender<PeerEvent>>,
     stats: watch::Sender<Arc<NodeStats>>,
+    shutdown_done: Option<oneshot::Sender<()>>,
 }
 
 impl Worker {
@@ -240,6 +242,10 @@ impl Worker {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     if self.command(cmd) {
+                        self.drain().await;
+                        if let Some(done) = self.shutdown_done.take() {
+                            let _ = done.send(());
+                        }
                         break;
                     }
                 }
@@ -345,9 +351,9 @@ impl Worker {
             }
             Command::Shutdown { done } => {
                 self.node.shutdown(now);
-                // Flush what the shutdown produced (DTLS close, RTCP BYE);
-                // the caller waits on `done` only.
-                let _ = done.send(());
+                // `run` flushes what the shutdown produced (DTLS close,
+                // RTCP BYE) and then tells the caller.
+                self.shutdown_done = Some(done);
                 return true;
             }
         }
