@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
+use meridian_sfu::core::codec::{negotiated_pt, rtc_config};
 use meridian_signaling::protocol::{ClientMsg, ServerMsg};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
@@ -72,14 +73,7 @@ impl Driver {
     async fn new(cfg: &ClientConfig) -> Result<Driver, ClientError> {
         let socket = UdpSocket::bind(SocketAddr::new(cfg.bind_ip, 0)).await?;
         let local = socket.local_addr()?;
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .enable_h264(true)
-            .enable_vp9(true)
-            .build(Instant::now());
+        let mut rtc = rtc_config().build(Instant::now());
         let cand = Candidate::host(local, "udp").map_err(rtc_error)?;
         rtc.add_local_candidate(cand);
         Ok(Driver {
@@ -465,17 +459,7 @@ impl Driver {
         let pt = match out.pt {
             Some(pt) => pt,
             None => {
-                let codec = out.codec;
-                let negotiated = self.rtc.media(out.mid).map(|m| m.remote_pts().to_vec());
-                let Some(pt) = self
-                    .rtc
-                    .codec_config()
-                    .params()
-                    .iter()
-                    .filter(|p| p.spec().codec == codec)
-                    .map(|p| p.pt())
-                    .find(|pt| negotiated.as_ref().is_none_or(|n| n.contains(pt)))
-                else {
+                let Some(pt) = negotiated_pt(&self.rtc, out.mid, out.codec) else {
                     return;
                 };
                 out.pt = Some(pt);

@@ -400,13 +400,7 @@ impl SimNet {
             auto_subscribe: true,
         };
         let (peer, _participants) = self.node.join(now, req).expect("join");
-        let mut rtc = Rtc::builder()
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true)
-            .enable_h264(true)
-            .build(now);
+        let mut rtc = crate::core::codec::rtc_config().build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
         let mut api = rtc.sdp_api();
         let mut outgoing = Vec::new();
@@ -529,16 +523,7 @@ impl SimNet {
         let pt = match out.pt {
             Some(pt) => pt,
             None => {
-                let negotiated = c.rtc.media(out.mid).map(|m| m.remote_pts().to_vec());
-                let codec = out.codec;
-                let pt = c
-                    .rtc
-                    .codec_config()
-                    .params()
-                    .iter()
-                    .filter(|p| p.spec().codec == codec)
-                    .map(|p| p.pt())
-                    .find(|pt| negotiated.as_ref().is_none_or(|n| n.contains(pt)))
+                let pt = crate::core::codec::negotiated_pt(&c.rtc, out.mid, out.codec)
                     .expect("the codec was negotiated");
                 out.pt = Some(pt);
                 pt

@@ -3,6 +3,32 @@
 //! or one that resumes after mute, can start decoding).
 
 use str0m::format::{Codec, PayloadParams};
+use str0m::media::{Mid, Pt};
+use str0m::{Rtc, RtcConfig};
+
+/// The str0m configuration every Meridian peer uses, server or client: RTP
+/// mode, and the codecs we forward (Opus; VP8, H.264, VP9).
+pub fn rtc_config() -> RtcConfig {
+    Rtc::builder()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .enable_h264(true)
+        .enable_vp9(true)
+}
+
+/// The payload type `rtc` sends `codec` with on `mid`: the first of its
+/// configured payload types for that codec the remote side accepted.
+pub fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
+    let remote = rtc.media(mid).map(|m| m.remote_pts());
+    rtc.codec_config()
+        .params()
+        .iter()
+        .filter(|p| p.spec().codec == codec)
+        .map(|p| p.pt())
+        .find(|pt| remote.is_none_or(|r| r.contains(pt)))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodecKind {

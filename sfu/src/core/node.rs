@@ -232,14 +232,7 @@ pub struct Node {
 }
 
 fn rtc_config() -> RtcConfig {
-    Rtc::builder()
-        .set_ice_lite(true)
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_opus(true, false)
-        .enable_vp8(true)
-        .enable_h264(true)
-        .enable_vp9(true)
+    super::codec::rtc_config().set_ice_lite(true)
 }
 
 fn sdp_error(e: impl std::fmt::Display) -> CommandError {
