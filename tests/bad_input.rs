@@ -309,21 +309,12 @@ async fn bad_input_gets_clear_errors_and_disturbs_no_one() {
     flow.still_flowing("bad WHIP").await;
 
     // --- A WHIP session can only be ended by its owner.
-    let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
-    let mut api = rtc.sdp_api();
-    api.add_media(
-        str0m::media::MediaKind::Audio,
-        str0m::media::Direction::SendOnly,
-        None,
-        None,
-        None,
-    );
-    let (offer, _pending) = api.apply().unwrap();
+    let offer = common::audio_offer();
     let created = reqwest::Client::new()
         .post(format!("{}/whip/{ROOM}", server.base()))
         .header("content-type", "application/sdp")
         .bearer_auth(&good)
-        .body(offer.to_sdp_string())
+        .body(offer)
         .send()
         .await
         .unwrap();

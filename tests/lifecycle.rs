@@ -138,22 +138,13 @@ async fn public_ip_goes_into_the_candidate() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut rtc = str0m::Rtc::builder().build(std::time::Instant::now());
-    let mut api = rtc.sdp_api();
-    api.add_media(
-        str0m::media::MediaKind::Audio,
-        str0m::media::Direction::SendOnly,
-        None,
-        None,
-        None,
-    );
-    let (offer, _) = api.apply().unwrap();
+    let offer = common::audio_offer();
     let mut answer = None;
     for _ in 0..100 {
         let r = reqwest::Client::new()
             .post(format!("http://{http}/whip/pubip"))
             .header("content-type", "application/sdp")
-            .body(offer.to_sdp_string())
+            .body(offer.clone())
             .send()
             .await;
         if let Ok(r) = r {

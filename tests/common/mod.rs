@@ -228,3 +228,19 @@ pub async fn publish_sample(sender: RtpSender, sample: &Sample) {
             .expect("publisher alive");
     }
 }
+
+/// A real WebRTC offer (str0m) with one send-only audio m-line, for WHIP
+/// requests whose media never flows.
+pub fn audio_offer() -> String {
+    let mut rtc = str0m::Rtc::builder().build(Instant::now());
+    let mut api = rtc.sdp_api();
+    api.add_media(
+        str0m::media::MediaKind::Audio,
+        str0m::media::Direction::SendOnly,
+        None,
+        None,
+        None,
+    );
+    let (offer, _pending) = api.apply().expect("an offer with one m-line");
+    offer.to_sdp_string()
+}
