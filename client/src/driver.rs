@@ -18,6 +18,7 @@ use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::debug;
@@ -150,7 +151,7 @@ impl Driver {
         };
         let (mut ws, _) =
             // No Nagle: signaling messages are small and latency-bound.
-            tokio_tungstenite::connect_async_with_config(&url, None, true)
+            tokio_tungstenite::connect_async_with_config(&url, Some(ws_config()), true)
                 .await
                 .map_err(|e| ClientError::Unreachable {
                     url: url.clone(),
@@ -487,6 +488,17 @@ impl Driver {
         }
     }
 }
+
+/// tungstenite zeroes its whole read buffer (128 KiB by default) each time
+/// the stream is polled, and the run loop polls it once per pass — per
+/// received packet. Signaling messages are small; a larger one is read in
+/// several chunks.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER)
+}
+
+/// See `ws_config`.
+const WS_READ_BUFFER: usize = 4 * 1024;
 
 async fn send_json(ws: &mut Ws, m: &ClientMsg) -> Result<(), ClientError> {
     let text = serde_json::to_string(m).map_err(|e| ClientError::Protocol(e.to_string()))?;
