@@ -59,8 +59,6 @@ pub(crate) struct Driver {
     outgoing: HashMap<MediaKind, Outgoing>,
     /// mid → server track id, from `track_map`.
     track_ids: HashMap<Mid, Arc<str>>,
-    /// Our own offer awaiting the server's answer (impolite side of glare).
-    pending: Option<SdpPendingOffer>,
     channel: Option<ChannelId>,
     /// Signals received during connect, delivered first by `run`.
     early: Vec<ServerMsg>,
@@ -84,7 +82,6 @@ impl Driver {
             ws: None,
             outgoing: HashMap::new(),
             track_ids: HashMap::new(),
-            pending: None,
             channel: None,
             early: Vec::new(),
         })
@@ -417,11 +414,9 @@ impl Driver {
         events: &mpsc::Sender<ClientEvent>,
     ) -> Result<(), String> {
         match &m {
+            // The client offers only once, while connecting (before `run`),
+            // so a server offer never meets an outstanding offer of ours.
             ServerMsg::Offer { sdp, seq } => {
-                if self.pending.is_some() {
-                    // Impolite side of glare: the server re-offers after ours.
-                    return Ok(());
-                }
                 let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
                 let answer = self
                     .rtc

@@ -12,7 +12,6 @@ mod stats;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,8 +157,7 @@ fn schedule(streams: &[CapturedStream], video_codec: VideoCodec) -> Result<Sched
 struct Shared {
     sends: SendLog,
     timeline: Timeline,
-    stop: AtomicBool,
-    /// The same as `stop`, for receivers waiting on events.
+    /// Set once when the run ends; receivers also wait on it.
     stopped: tokio::sync::watch::Sender<bool>,
     start: Instant,
 }
@@ -188,7 +186,6 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadError> {
     let shared = Arc::new(Shared {
         sends: SendLog::default(),
         timeline: Timeline::default(),
-        stop: AtomicBool::new(false),
         stopped: tokio::sync::watch::channel(false).0,
         start: Instant::now(),
     });
@@ -279,7 +276,6 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadError> {
         }
     }
     let server_loaded = ServerSample::take(&opts).await;
-    shared.stop.store(true, Ordering::SeqCst);
     shared.stopped.send_replace(true);
     for t in send_tasks {
         let _ = t.await;
@@ -314,7 +310,6 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadError> {
     Ok(Report::build(
         &opts,
         &shared.timeline,
-        &shared.sends,
         subs,
         failures,
         report::ServerCost::from_samples(
@@ -434,7 +429,7 @@ async fn replay(
     let loop_secs = sched.loop_len.as_secs_f64();
     loop {
         for (at, kind, ts, marker, payload) in &sched.packets {
-            if shared.stop.load(Ordering::Relaxed) {
+            if *shared.stopped.borrow() {
                 return;
             }
             tokio::time::sleep_until(loop_start + at.div_f64(speed)).await;

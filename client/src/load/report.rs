@@ -8,7 +8,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::stats::{histogram, SendLog, SubscriberStats, Timeline};
+use super::stats::{histogram, SubscriberStats, Timeline};
 use super::{LoadOptions, LoadProtocol, ServerSample};
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,7 +162,6 @@ impl Report {
     pub(super) fn build(
         opts: &LoadOptions,
         timeline: &Timeline,
-        _sends: &SendLog,
         subs: Vec<SubscriberStats>,
         failures: Vec<String>,
         server: ServerCost,

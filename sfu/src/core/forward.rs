@@ -55,11 +55,6 @@ impl Forwarder {
         }
     }
 
-    /// Whether a keyframe is needed before this forwarder can send video.
-    pub fn needs_keyframe(&self) -> bool {
-        self.waiting_keyframe
-    }
-
     /// The track's source changed under this forwarder (WHEP switch): the
     /// decoder must start over on a keyframe.
     pub fn source_changed(&mut self) {

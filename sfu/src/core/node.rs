@@ -283,10 +283,6 @@ impl Node {
         s
     }
 
-    pub fn peer_count(&self) -> usize {
-        self.peers.len()
-    }
-
     fn advance(&mut self, now: Instant) {
         // Time never goes backwards in the core.
         if now > self.now {
