@@ -647,8 +647,9 @@ fn departed_subscriber_address_is_evicted() {
         .any(|(_, p, r)| *p == sim.client(gone).peer && *r == "left"));
 }
 
-/// f. 10 % random loss on one subscriber's downlink: str0m's NACK/RTX
-/// between the node and the subscriber recovers almost everything.
+/// f. 10 % random loss on one subscriber's downlink: the node answers the
+/// subscriber's NACKs from the track's shared history (RTX) and recovers
+/// almost everything.
 #[test]
 fn nack_recovers_downlink_loss() {
     let mut sim = sim(6);
@@ -707,6 +708,12 @@ fn nack_recovers_downlink_loss() {
         );
     }
     assert_eq!(of_kind(&sim, clean, MediaKind::Video).len(), cam.sent.len());
+    let nack = sim.stats().nack;
+    assert!(
+        nack.resent >= (sent.len() - got.len().min(sent.len())) as u64 && nack.resent > 0,
+        "the node answered the NACKs: {nack:?}"
+    );
+    assert!(nack.requested >= nack.resent);
 }
 
 /// The client offers while the node's offer is outstanding: the node (the

@@ -271,5 +271,21 @@ async fn metrics(State(state): State<Shared>) -> Response {
             r.as_str()
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP meridian_nack_total Sequence numbers subscribers NACKed, by outcome.\n# TYPE meridian_nack_total counter"
+    );
+    let n = &s.nack;
+    for (outcome, v) in [
+        ("resent", n.resent),
+        ("unknown", n.unknown),
+        ("missing_upstream", n.missing_upstream),
+        ("too_late", n.too_late),
+        ("in_flight", n.in_flight),
+        ("max_resends", n.max_resends),
+        ("over_budget", n.over_budget),
+    ] {
+        let _ = writeln!(out, "meridian_nack_total{{outcome=\"{outcome}\"}} {v}");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

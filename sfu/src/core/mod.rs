@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod demux;
 pub mod forward;
+pub mod history;
 pub mod ids;
 pub mod keyframe;
 pub mod rewrite;
@@ -16,10 +17,12 @@ mod node;
 mod peer;
 mod room;
 
+pub use history::ResendPolicy;
 pub use ids::{PeerId, RoomId, TrackId};
 pub use node::{
     CommandError, JoinKind, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats,
-    Output, ParticipantInfo, PeerSignal, TrackInfo, TrackMapEntry, DEFAULT_MAX_PEERS_PER_ROOM,
+    NackStats, Output, ParticipantInfo, PeerSignal, TrackInfo, TrackMapEntry,
+    DEFAULT_MAX_PEERS_PER_ROOM,
 };
 pub use str0m::media::MediaKind;
 

@@ -8,7 +8,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::ChannelData;
-use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, MediaKind, Mid};
+use str0m::media::{
+    Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, MediaKind, Mid, ResendRequest,
+};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc, RtcConfig};
@@ -17,6 +19,9 @@ use tracing::{debug, trace};
 use super::codec::{is_keyframe, CodecKind};
 use super::demux::{Demux, DemuxMiss};
 use super::forward::{Decision, Forwarder, FwdPacket};
+use super::history::{
+    HistPacket, PacketHistory, ResendOutcome, ResendPolicy, Sequencer, SEQUENCER_PACKETS,
+};
 use super::ids::{PeerId, RoomId, TrackId};
 use super::keyframe::KeyframeThrottle;
 use super::peer::{Negotiation, OutTrack, Peer, PeerKind, PendingOffer, Published};
@@ -35,17 +40,12 @@ const DEMUX_EVICT_INTERVAL: Duration = Duration::from_secs(10);
 /// accepted is removed; a client that never connects must not hold state.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Each subscriber video stream keeps its sent packets for answering NACKs
-/// this long (str0m's default is 3 s). A retransmission later than this
-/// misses any real-time jitter buffer, and the kept headers (the payloads
-/// are shared) cost ~45 KB per subscriber per 1.5 s of 1 Mbit/s video.
-const RTX_CACHE_AGE: Duration = Duration::from_millis(1000);
+/// Round-trip time assumed for a subscriber until its receiver reports
+/// give one.
+const DEFAULT_RTT: Duration = Duration::from_millis(100);
 
-/// Upper bound of that cache, in packets (1 s of a ~5 Mbit/s stream).
-const RTX_CACHE_PACKETS: usize = 512;
-
-/// Share of retransmitted bytes above which str0m drops queued resends.
-const RTX_RATIO_CAP: f32 = 0.15;
+/// How often str0m reports per-stream stats (RTT and loss from RTCP RR).
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most m-lines one offer may carry. Every published m-line becomes a track
 /// that every other peer in the room is told about and (with auto-subscribe)
@@ -78,6 +78,9 @@ pub struct NodeConfig {
     /// Seed for start sequence numbers and timestamps; `None` draws one
     /// from the OS. Tests set it to be reproducible.
     pub seed: Option<u64>,
+    /// How subscriber NACKs are answered; `None`: they are not (for
+    /// measuring what recovery brings).
+    pub resend: Option<ResendPolicy>,
 }
 
 impl NodeConfig {
@@ -87,6 +90,7 @@ impl NodeConfig {
             max_peers_per_room: DEFAULT_MAX_PEERS_PER_ROOM,
             reconnect_grace: Duration::from_secs(10),
             seed: None,
+            resend: Some(ResendPolicy::default()),
         }
     }
 }
@@ -210,6 +214,29 @@ pub struct NodeStats {
     pub bytes_forwarded: u64,
     pub keyframe_requests_upstream: u64,
     pub drops: DropCounters,
+    pub nack: NackStats,
+}
+
+/// What became of the sequence numbers subscribers NACKed.
+#[derive(Debug, Clone, Default)]
+pub struct NackStats {
+    /// Sequence numbers asked for.
+    pub requested: u64,
+    /// Answered with a retransmission.
+    pub resent: u64,
+    /// Never sent or already forgotten.
+    pub unknown: u64,
+    /// Lost before it reached the SFU and not (yet) recovered from the
+    /// publisher: the SFU's own NACK upstream covers it.
+    pub missing_upstream: u64,
+    /// Could not arrive in time any more.
+    pub too_late: u64,
+    /// Resent less than an RTT ago.
+    pub in_flight: u64,
+    /// Resent as often as the policy allows.
+    pub max_resends: u64,
+    /// The subscriber's retransmission budget was spent.
+    pub over_budget: u64,
 }
 
 pub struct Node {
@@ -232,7 +259,9 @@ pub struct Node {
 }
 
 fn rtc_config() -> RtcConfig {
-    super::codec::rtc_config().set_ice_lite(true)
+    super::codec::rtc_config()
+        .set_ice_lite(true)
+        .set_stats_interval(Some(STATS_INTERVAL))
 }
 
 fn sdp_error(e: impl std::fmt::Display) -> CommandError {
@@ -381,6 +410,7 @@ impl Node {
             // Whatever the kind, a peer must be connected this long after
             // joining (a WebSocket client that never offers included).
             connect_deadline: Some(self.now + CONNECT_TIMEOUT),
+            rtt: DEFAULT_RTT,
         };
         debug!(peer = %id, room = %req.room, identity = %peer.identity, "peer joined");
         let info = participant_info(&peer, room);
@@ -920,6 +950,12 @@ impl Node {
         match e {
             Event::RtpPacket(pkt) => self.forward(id, pkt),
             Event::KeyframeRequest(req) => self.on_keyframe_request(id, req),
+            Event::ResendRequest(req) => self.on_resend_request(id, req),
+            Event::MediaEgressStats(s) => {
+                if let (Some(rtt), Some(p)) = (s.rtt, self.peers.get_mut(&id)) {
+                    p.rtt = rtt;
+                }
+            }
             Event::Connected => {
                 debug!(peer = %id, "connected");
                 if let Some(p) = self.peers.get_mut(&id) {
@@ -998,6 +1034,8 @@ impl Node {
                         subscribers: Vec::new(),
                         keyframe: KeyframeThrottle::default(),
                         orphaned_until: None,
+                        history: None,
+                        history_source: None,
                     },
                 );
                 tid
@@ -1209,6 +1247,26 @@ impl Node {
             ..Default::default()
         };
         let video = codec.is_video();
+        // One copy of each video packet for NACKs, shared by all subscribers.
+        let resend = self.config.resend;
+        let generation = match (video, &resend) {
+            (true, Some(_)) => {
+                let h = track.history.get_or_insert_with(PacketHistory::default);
+                if track.history_source != Some(fwd.source) {
+                    h.new_generation();
+                    track.history_source = Some(fwd.source);
+                }
+                h.insert(HistPacket {
+                    seq: fwd.seq,
+                    marker: pkt.header.marker,
+                    pt,
+                    payload: pkt.payload.clone(),
+                });
+                Some(h.generation())
+            }
+            _ => None,
+        };
+        let now = self.now;
         let mut needs_keyframe = false;
         for &(sub_id, mid) in &track.subscribers {
             let Some(sub) = self.peers.get_mut(&sub_id) else {
@@ -1256,6 +1314,19 @@ impl Node {
                     .ext_vals(ext.clone())
                     .nackable(video),
             );
+            if let (Some(generation), Some(policy)) = (generation, &resend) {
+                out.seq
+                    .get_or_insert_with(|| Sequencer::new(SEQUENCER_PACKETS, now))
+                    .sent(
+                        now,
+                        seq,
+                        ts,
+                        fwd.seq,
+                        generation,
+                        pkt.payload.len(),
+                        policy,
+                    );
+            }
             self.stats.rtp_forwarded += 1;
             self.stats.bytes_forwarded += pkt.payload.len() as u64;
             sub.needs_tick = true;
@@ -1267,6 +1338,93 @@ impl Node {
             if let Some((owner, mid)) = owner_mid {
                 self.send_keyframe_request(owner, mid);
             }
+        }
+    }
+
+    /// A subscriber NACKed packets: resend what the policy allows from the
+    /// track's shared history.
+    fn on_resend_request(&mut self, id: PeerId, req: ResendRequest) {
+        let now = self.now;
+        let nack = &mut self.stats.nack;
+        nack.requested += req.seq_nos.len() as u64;
+        let Some(policy) = self.config.resend else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let rtt = peer.rtt;
+        let Some(out) = peer.outs.iter_mut().find(|o| o.mid == req.mid) else {
+            return;
+        };
+        let (Some(track_id), Some((in_pt, out_pt)), Some(seq)) =
+            (out.source, out.pt_map, out.seq.as_mut())
+        else {
+            nack.unknown += req.seq_nos.len() as u64;
+            return;
+        };
+        let Some(history) = self
+            .rooms
+            .get(&peer.room)
+            .and_then(|r| r.tracks.get(&track_id))
+            .and_then(|t| t.history.as_ref())
+        else {
+            nack.unknown += req.seq_nos.len() as u64;
+            return;
+        };
+        let mut api = peer.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(req.mid, None) else {
+            return;
+        };
+        let mut resent = false;
+        for out_seq in req.seq_nos {
+            let (src_seq, generation, out_ts) = match seq.on_nack(now, *out_seq, rtt, &policy) {
+                ResendOutcome::Resend {
+                    src_seq,
+                    generation,
+                    out_ts,
+                } => (src_seq, generation, out_ts),
+                ResendOutcome::Unknown => {
+                    nack.unknown += 1;
+                    continue;
+                }
+                ResendOutcome::MissingUpstream => {
+                    nack.missing_upstream += 1;
+                    continue;
+                }
+                ResendOutcome::TooLate => {
+                    nack.too_late += 1;
+                    continue;
+                }
+                ResendOutcome::InFlight => {
+                    nack.in_flight += 1;
+                    continue;
+                }
+                ResendOutcome::MaxResends => {
+                    nack.max_resends += 1;
+                    continue;
+                }
+                ResendOutcome::OverBudget => {
+                    nack.over_budget += 1;
+                    continue;
+                }
+            };
+            let Some(p) = history.get(generation, src_seq).filter(|p| p.pt == in_pt) else {
+                nack.unknown += 1;
+                continue;
+            };
+            seq.charge(p.payload.len());
+            tx.write_resend(
+                RtpWrite::new(out_pt, out_seq, out_ts, now, p.payload.clone())
+                    .marker(p.marker)
+                    .nackable(true),
+            );
+            nack.resent += 1;
+            resent = true;
+        }
+        if resent {
+            peer.needs_tick = true;
+            Self::mark_dirty(&mut self.dirty, peer);
         }
     }
 
@@ -1510,6 +1668,7 @@ fn new_out(mid: Mid, kind: MediaKind, source: Option<TrackId>, rng: &mut SmallRn
         source,
         fwd: Forwarder::new(first_seq, first_ts),
         pt_map: None,
+        seq: None,
     }
 }
 
@@ -1523,10 +1682,11 @@ fn abandon_offer(peer: &mut Peer, room: &mut Room, pending: PendingOffer) {
     }
 }
 
-/// Bounds the NACK cache of a new outgoing stream.
+/// NACKs on a new outgoing stream come to the node (`on_resend_request`),
+/// which answers from the track's shared history; str0m keeps no copy.
 fn tune_out_stream(rtc: &mut Rtc, mid: Mid) {
     if let Some(tx) = rtc.direct_api().stream_tx_by_mid(mid, None) {
-        tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+        tx.set_nack_handoff(true);
     }
 }
 

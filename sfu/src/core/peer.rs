@@ -1,7 +1,7 @@
 //! One peer: a str0m `Rtc` plus what the router needs to know about it.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
@@ -10,6 +10,7 @@ use str0m::media::{MediaKind, Mid, Pt};
 use str0m::Rtc;
 
 use super::forward::Forwarder;
+use super::history::Sequencer;
 use super::ids::{PeerId, RoomId, TrackId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub(crate) struct OutTrack {
     pub fwd: Forwarder,
     /// Incoming payload type → this subscriber's payload type.
     pub pt_map: Option<(Pt, Pt)>,
+    /// Outgoing sequence number → history, for NACKs (video, on first packet).
+    pub seq: Option<Sequencer>,
 }
 
 #[derive(Debug)]
@@ -128,6 +131,8 @@ pub(crate) struct Peer {
     pub connected: bool,
     /// Removed unless ICE+DTLS connect by then.
     pub connect_deadline: Option<Instant>,
+    /// Round-trip time from RTCP receiver reports (a default until known).
+    pub rtt: Duration,
 }
 
 impl Peer {

@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use str0m::media::{MediaKind, Mid};
 
+use super::history::PacketHistory;
 use super::ids::{PeerId, RoomId, TrackId};
 use super::keyframe::KeyframeThrottle;
+use super::rewrite::SourceKey;
 
 #[derive(Debug)]
 pub(crate) struct Track {
@@ -31,6 +33,10 @@ pub(crate) struct Track {
     pub subscribers: Vec<(PeerId, Mid)>,
     pub keyframe: KeyframeThrottle,
     pub orphaned_until: Option<Instant>,
+    /// Recent packets for answering subscriber NACKs (video only, created
+    /// on the first packet) and the source they came from.
+    pub history: Option<PacketHistory>,
+    pub history_source: Option<SourceKey>,
 }
 
 #[derive(Debug)]

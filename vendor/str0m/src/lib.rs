@@ -842,7 +842,7 @@ pub mod media;
 use media::AppSpecificFeedback;
 use media::SenderFeedback;
 use media::{Direction, Media, Mid, Pt, Rid, Writer};
-use media::{KeyframeRequest, KeyframeRequestKind};
+use media::{KeyframeRequest, KeyframeRequestKind, ResendRequest};
 use media::{MediaAdded, MediaChanged, MediaData};
 
 pub mod change;
@@ -1045,6 +1045,10 @@ pub enum Event {
 
     /// Sender feedback for an incoming stream, derived from RTCP SR.
     SenderFeedback(SenderFeedback),
+
+    /// MERIDIAN PATCH (nack-handoff): a receiver NACKed packets of a send stream
+    /// that hands its NACKs to the application.
+    ResendRequest(ResendRequest),
 
     /// Incoming RTP data.
     RtpPacket(RtpPacket),

@@ -317,6 +317,23 @@ pub struct KeyframeRequest {
     pub kind: KeyframeRequestKind,
 }
 
+/// MERIDIAN PATCH (nack-handoff): sequence numbers a receiver asked to have resent.
+///
+/// Emitted instead of answering from str0m's RTX cache when
+/// [`StreamTx::set_nack_handoff`][crate::rtp::StreamTx::set_nack_handoff] is on.
+/// Answer with [`StreamTx::write_resend`][crate::rtp::StreamTx::write_resend].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResendRequest {
+    /// The media identifier of the stream.
+    pub mid: Mid,
+    /// Rid of the stream, when simulcast.
+    pub rid: Option<Rid>,
+    /// The (primary) SSRC of the send stream.
+    pub ssrc: Ssrc,
+    /// The extended sequence numbers asked for, in the order of the NACKs.
+    pub seq_nos: Vec<SeqNo>,
+}
+
 /// Type of keyframe request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyframeRequestKind {

@@ -135,6 +135,19 @@ pub struct StreamTx {
     /// Scheduled resends due to NACK or spurious padding.
     resends: VecDeque<Resend>,
 
+    /// MERIDIAN PATCH (nack-handoff): when set, incoming NACKs are not answered from
+    /// `rtx_cache` but handed to the application as `Event::ResendRequest`.
+    nack_handoff: bool,
+
+    /// NACKed sequence numbers waiting to be polled by the application.
+    nacks_for_app: Vec<SeqNo>,
+
+    /// Retransmissions written by the application (`write_resend`), sent first.
+    app_resends: VecDeque<RtpPacket>,
+
+    /// The application retransmission being serialized by `poll_packet`.
+    app_resend_slot: Option<RtpPacket>,
+
     /// Requested padding, that has not been turned into packets yet.
     padding: usize,
 
@@ -377,6 +390,10 @@ impl StreamTx {
             queue_info: None,
             unpaced: None,
             resends: VecDeque::new(),
+            nack_handoff: false,
+            nacks_for_app: Vec::new(),
+            app_resends: VecDeque::new(),
+            app_resend_slot: None,
             padding: 0,
             blank_packet: RtpPacket::blank(),
             rtx_cache: RtxCache::new(2000, DEFAULT_RTX_CACHE_DURATION),
@@ -491,6 +508,35 @@ impl StreamTx {
     ///
     /// The write command carries the RTP payload and optional RTP metadata.
     pub fn write_rtp(&mut self, rtp: RtpWrite) {
+        let packet = self.rtp_write_to_packet(rtp, false);
+        self.send_queue.push(packet);
+    }
+
+    /// MERIDIAN PATCH (nack-handoff): hand incoming NACKs to the application.
+    ///
+    /// When enabled, NACKs for this stream surface as [`crate::Event::ResendRequest`]
+    /// and str0m's own RTX cache does not answer them; the application answers with
+    /// [`StreamTx::write_resend`]. Packets written while enabled are not cached.
+    pub fn set_nack_handoff(&mut self, enabled: bool) {
+        self.nack_handoff = enabled;
+        if enabled {
+            self.rtx_cache.clear();
+            self.resends.clear();
+        }
+    }
+
+    /// MERIDIAN PATCH (nack-handoff): retransmit a packet sent earlier on this stream.
+    ///
+    /// `rtp` describes the original packet (its sequence number, timestamp, PT and
+    /// payload). It goes out ahead of regular media: as RTX (RFC 4588) on the repair
+    /// SSRC when an RTX payload type is negotiated for its PT, otherwise as a plain
+    /// retransmission with the original sequence number.
+    pub fn write_resend(&mut self, rtp: RtpWrite) {
+        let packet = self.rtp_write_to_packet(rtp, true);
+        self.app_resends.push_back(packet);
+    }
+
+    fn rtp_write_to_packet(&mut self, rtp: RtpWrite, is_resend: bool) -> RtpPacket {
         let RtpWrite {
             pt,
             seq_no,
@@ -507,7 +553,7 @@ impl StreamTx {
 
         let first_call = self.rtp_and_wallclock.is_none();
 
-        if first_call && seq_no.roc() > 0 {
+        if first_call && !is_resend && seq_no.roc() > 0 {
             // TODO: make it possible to supress this.
             warn!(
                 "First SeqNo has non-zero ROC ({}), which needs out-of-band signalling \
@@ -518,7 +564,10 @@ impl StreamTx {
 
         // This 1 in clock frequency will be fixed in poll_output.
         let media_time = MediaTime::from_secs(time as u64);
-        self.rtp_and_wallclock = Some((time, wallclock));
+        if !is_resend {
+            // A resend's (time, wallclock) is old: it must not move the SR mapping.
+            self.rtp_and_wallclock = Some((time, wallclock));
+        }
 
         let header = RtpHeader {
             csrc_count,
@@ -552,7 +601,7 @@ impl StreamTx {
             last_sender_info: None,
         };
 
-        self.send_queue.push(packet);
+        packet
     }
 
     fn padding_enabled(&self) -> bool {
@@ -577,7 +626,9 @@ impl StreamTx {
         let remote_acked_ssrc = self.remote_acked_ssrc;
         let remote_acked_rtx_ssrc = self.remote_acked_rtx_ssrc;
 
-        let (next, is_padding) = if let Some(next) = self.poll_packet_resend(now) {
+        let (next, is_padding) = if let Some(next) = self.poll_packet_app_resend(now, params) {
+            (next, false)
+        } else if let Some(next) = self.poll_packet_resend(now) {
             (next, false)
         } else if let Some(next) = self.poll_packet_regular(now) {
             (next, false)
@@ -666,6 +717,7 @@ impl StreamTx {
 
                 header_ref.clone()
             }
+            NextPacketKind::Retransmit => header_ref.clone(),
             NextPacketKind::Blank(_) if is_probe => {
                 // Non-media probes use their negotiated main PT and own sequence
                 // counter, rather than rewriting the header for an RTX stream.
@@ -735,7 +787,7 @@ impl StreamTx {
         let pkt = &next.pkt;
 
         let body_len = match next.kind {
-            NextPacketKind::Regular | NextPacketKind::Resend(_) => {
+            NextPacketKind::Regular | NextPacketKind::Resend(_) | NextPacketKind::Retransmit => {
                 let body_len = pkt.payload.len();
                 if let Some(patch) = pkt.vp8_patch.as_ref() {
                     patch.copy_to(pkt.payload.as_ref(), &mut body_out[..body_len]);
@@ -811,7 +863,7 @@ impl StreamTx {
                 .send_queue
                 .pop(now)
                 .expect("head of send_queue to be there");
-            if pkt.nackable {
+            if pkt.nackable && !self.nack_handoff {
                 self.rtx_cache.cache_sent_packet(pkt, now);
             }
         }
@@ -858,6 +910,36 @@ impl StreamTx {
         let ratio = if ratio.is_finite() { ratio } else { 0_f32 };
         self.rtx_ratio = (ratio, now);
         ratio
+    }
+
+    fn poll_packet_app_resend(
+        &mut self,
+        now: Instant,
+        params: &[PayloadParams],
+    ) -> Option<NextPacket<'_>> {
+        let pkt = self.app_resends.pop_front()?;
+
+        let len = pkt.payload.len() as u64;
+        self.stats.update_packet_counts(len, true);
+        if let Some(h) = &mut self.stats.bytes_retransmitted {
+            h.push(now, len);
+        }
+
+        let pt = pkt.header.payload_type;
+        let has_rtx_pt = params
+            .iter()
+            .find(|p| p.pt() == pt)
+            .is_some_and(|p| p.resend().is_some());
+
+        let orig_seq_no = pkt.seq_no;
+        let (kind, seq_no) = if has_rtx_pt && self.rtx.is_some() {
+            (NextPacketKind::Resend(orig_seq_no), self.seq_no_rtx.inc())
+        } else {
+            (NextPacketKind::Retransmit, orig_seq_no)
+        };
+
+        let pkt = self.app_resend_slot.insert(pkt);
+        Some(NextPacket { kind, seq_no, pkt })
     }
 
     fn poll_packet_resend(&mut self, now: Instant) -> Option<NextPacket<'_>> {
@@ -1034,7 +1116,11 @@ impl StreamTx {
             Nack(_, list) => {
                 self.stats.increase_nacks();
                 let entries = list.into_iter();
-                self.handle_nack(entries, now);
+                if self.nack_handoff {
+                    self.handoff_nack(entries);
+                } else {
+                    self.handle_nack(entries, now);
+                }
             }
             Pli(_) => {
                 self.stats.increase_plis();
@@ -1050,6 +1136,27 @@ impl StreamTx {
             Twcc(_) => unreachable!("TWCC should be handled on session level"),
             _ => {}
         }
+    }
+
+    /// Most NACKed sequence numbers kept for the application between polls.
+    const MAX_NACKS_FOR_APP: usize = 1024;
+
+    fn handoff_nack(&mut self, entries: impl Iterator<Item = NackEntry>) {
+        // Lengthen 16-bit NACK entries relative to the last regular packet sent.
+        let reference = self.last_sent_seq_no;
+        for seq_no in entries.flat_map(|n| n.into_iter(reference)) {
+            if self.nacks_for_app.len() >= Self::MAX_NACKS_FOR_APP {
+                self.nacks_for_app.remove(0);
+            }
+            self.nacks_for_app.push(seq_no);
+        }
+    }
+
+    pub(crate) fn poll_nacks_for_app(&mut self) -> Option<Vec<SeqNo>> {
+        if self.nacks_for_app.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.nacks_for_app))
     }
 
     pub(crate) fn handle_nack(
@@ -1203,6 +1310,17 @@ impl StreamTx {
     }
 
     fn queue_state_resend(&self, now: Instant) -> Option<QueueSnapshot> {
+        if !self.app_resends.is_empty() {
+            let byte_size = self.app_resends.iter().map(|p| p.payload.len()).sum();
+            return Some(QueueSnapshot {
+                created_at: now,
+                byte_size,
+                packet_count: self.app_resends.len() as u32,
+                first_unsent: Some(now),
+                priority: QueuePriority::Media,
+                ..Default::default()
+            });
+        }
         if self.resends.is_empty() {
             return None;
         }
@@ -1325,6 +1443,8 @@ impl StreamTx {
         self.queue_info = None;
         self.rtx_cache.clear();
         self.resends.clear();
+        self.app_resends.clear();
+        self.nacks_for_app.clear();
         self.padding = 0;
     }
 
@@ -1377,6 +1497,9 @@ struct NextPacket<'a> {
 enum NextPacketKind {
     Regular,
     Resend(SeqNo),
+    /// MERIDIAN PATCH (nack-handoff): an application retransmission without RTX,
+    /// sent on the main SSRC with its original sequence number.
+    Retransmit,
     Blank(u8),
 }
 

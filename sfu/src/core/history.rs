@@ -1,0 +1,399 @@
+//! Loss recovery towards subscribers: one packet history per incoming track,
+//! shared by all of its subscribers, and per subscriber a sequencer mapping
+//! outgoing sequence numbers back into it, with the resend policy.
+//!
+//! The history holds each packet once (the payload is the `Arc` str0m handed
+//! us; nothing is copied per subscriber). A subscriber's [`Sequencer`] keeps,
+//! per outgoing sequence number, where the packet came from, the timestamp it
+//! was sent with and how often it was resent: 24 bytes per packet, as
+//! LiveKit's sequencer does for its down tracks.
+//!
+//! A NACKed packet is resent unless (counted in [`ResendOutcome`]):
+//! - it is no longer known (older than the sequencer or the history holds),
+//! - it could not arrive in time any more: `age + rtt/2 > max_age`,
+//! - it was resent less than one RTT ago (the resend is still in flight; the
+//!   receiver NACKs again when its own timer fires),
+//! - it was already resent `max_resends` times,
+//! - the subscriber's retransmission budget (a share of the bytes forwarded to
+//!   it) is spent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::media::Pt;
+
+/// Packets kept per incoming video track (power of two). 1 s of a
+/// 5 Mbit/s stream at ~1100-byte packets is ~570 packets.
+pub const HISTORY_PACKETS: usize = 1024;
+
+/// Outgoing packets remembered per subscriber stream (power of two): 1 s of
+/// 5 Mbit/s video at 40 bytes each (str0m's own cache kept a ~300-byte
+/// header copy per packet).
+pub const SEQUENCER_PACKETS: usize = 512;
+
+/// How the SFU answers subscriber NACKs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResendPolicy {
+    /// A resend that would arrive later than this after the original was
+    /// sent is useless to a real-time receiver.
+    pub max_age: Duration,
+    /// Resends of one packet, at most.
+    pub max_resends: u8,
+    /// Retransmitted bytes may reach this share of the bytes forwarded.
+    pub budget_share: f32,
+    /// Budget that can be saved up (bytes): allows a burst of resends after
+    /// a clean period without letting a long clean period bank unlimited
+    /// retransmissions.
+    pub budget_max: u32,
+}
+
+impl Default for ResendPolicy {
+    fn default() -> Self {
+        ResendPolicy {
+            max_age: Duration::from_millis(1000),
+            max_resends: 4,
+            budget_share: 0.5,
+            budget_max: 256 * 1024,
+        }
+    }
+}
+
+/// One packet of an incoming track.
+#[derive(Debug, Clone)]
+pub struct HistPacket {
+    pub seq: u64,
+    pub marker: bool,
+    pub pt: Pt,
+    pub payload: Arc<[u8]>,
+}
+
+/// The recent packets of one incoming track, indexed by its extended
+/// sequence number. Cleared (a new generation) when the track's source
+/// changes, so a sequencer entry of the old source can never fetch a packet
+/// of the new one with a colliding sequence number.
+#[derive(Debug)]
+pub struct PacketHistory {
+    slots: Box<[Option<HistPacket>]>,
+    generation: u32,
+}
+
+impl Default for PacketHistory {
+    fn default() -> Self {
+        Self::new(HISTORY_PACKETS)
+    }
+}
+
+impl PacketHistory {
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.next_power_of_two();
+        PacketHistory {
+            slots: (0..capacity).map(|_| None).collect(),
+            generation: 0,
+        }
+    }
+
+    fn index(&self, seq: u64) -> usize {
+        (seq as usize) & (self.slots.len() - 1)
+    }
+
+    /// The current generation, to be remembered with each packet sent.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The source changed: forget everything.
+    pub fn new_generation(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        self.slots.iter_mut().for_each(|s| *s = None);
+    }
+
+    pub fn insert(&mut self, p: HistPacket) {
+        let i = self.index(p.seq);
+        self.slots[i] = Some(p);
+    }
+
+    pub fn get(&self, generation: u32, seq: u64) -> Option<&HistPacket> {
+        if generation != self.generation {
+            return None;
+        }
+        self.slots[self.index(seq)]
+            .as_ref()
+            .filter(|p| p.seq == seq)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct SeqEntry {
+    /// Outgoing extended sequence number + 1 (0: empty slot).
+    out_seq_plus1: u64,
+    src_seq: u64,
+    out_ts: u32,
+    generation: u32,
+    /// Milliseconds since the sequencer's base when first sent.
+    sent_ms: u32,
+    /// Milliseconds since base of the last resend.
+    resent_ms: u32,
+    resends: u8,
+    /// Skipped: the SFU never received this packet (lost upstream). Filled
+    /// in when the publisher's retransmission arrives late.
+    hole: bool,
+}
+
+/// What to do about one NACKed sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResendOutcome {
+    /// Resend: where the packet is in the track's history, and its timestamp.
+    Resend {
+        src_seq: u64,
+        generation: u32,
+        out_ts: u32,
+    },
+    /// Never sent, or forgotten.
+    Unknown,
+    /// The SFU itself lacks the packet; its own NACK to the publisher
+    /// (one per gap, whoever asks) brings it, and it is forwarded then.
+    MissingUpstream,
+    TooLate,
+    InFlight,
+    MaxResends,
+    OverBudget,
+}
+
+/// Per subscriber stream: outgoing sequence number → source packet.
+#[derive(Debug)]
+pub struct Sequencer {
+    entries: Box<[SeqEntry]>,
+    base: Instant,
+    /// Retransmission budget in bytes.
+    budget: f32,
+    /// Highest outgoing sequence number sent.
+    max_out: Option<u64>,
+}
+
+/// Gaps up to this long in the outgoing sequence are remembered as holes.
+const MAX_HOLE: u64 = 64;
+
+impl Sequencer {
+    pub fn new(capacity: usize, now: Instant) -> Self {
+        let capacity = capacity.next_power_of_two();
+        Sequencer {
+            entries: vec![SeqEntry::default(); capacity].into_boxed_slice(),
+            base: now,
+            budget: 0.0,
+            max_out: None,
+        }
+    }
+
+    fn ms(&self, t: Instant) -> u32 {
+        // Wraps after 49 days; entries live ~1 s.
+        t.saturating_duration_since(self.base).as_millis() as u32
+    }
+
+    fn slot(&self, out_seq: u64) -> usize {
+        (out_seq as usize) & (self.entries.len() - 1)
+    }
+
+    /// A packet went out (first transmission) with `len` payload bytes.
+    pub fn sent(
+        &mut self,
+        now: Instant,
+        out_seq: u64,
+        out_ts: u32,
+        src_seq: u64,
+        generation: u32,
+        len: usize,
+        policy: &ResendPolicy,
+    ) {
+        let sent_ms = self.ms(now);
+        let entry = |out: u64, src: u64, hole: bool| SeqEntry {
+            out_seq_plus1: out.wrapping_add(1),
+            src_seq: src,
+            out_ts,
+            generation,
+            sent_ms,
+            resent_ms: 0,
+            resends: 0,
+            hole,
+        };
+        match self.max_out {
+            Some(max) if out_seq > max => {
+                // Within one source the mapping is a constant offset, so the
+                // skipped outgoing numbers map back to skipped source numbers.
+                let gap = out_seq - max - 1;
+                if gap <= MAX_HOLE {
+                    for k in 1..=gap {
+                        let i = self.slot(out_seq - k);
+                        self.entries[i] = entry(out_seq - k, src_seq.wrapping_sub(k), true);
+                    }
+                }
+                self.max_out = Some(out_seq);
+            }
+            None => self.max_out = Some(out_seq),
+            Some(_) => {}
+        }
+        let i = self.slot(out_seq);
+        self.entries[i] = entry(out_seq, src_seq, false);
+        self.budget =
+            (self.budget + len as f32 * policy.budget_share).min(policy.budget_max as f32);
+    }
+
+    /// Decide about one NACKed outgoing sequence number; `len` is looked up
+    /// by the caller only when the answer is `Resend` (see `charge`).
+    pub fn on_nack(
+        &mut self,
+        now: Instant,
+        out_seq: u64,
+        rtt: Duration,
+        policy: &ResendPolicy,
+    ) -> ResendOutcome {
+        let now_ms = self.ms(now);
+        let i = self.slot(out_seq);
+        let e = &mut self.entries[i];
+        if e.out_seq_plus1 != out_seq.wrapping_add(1) {
+            return ResendOutcome::Unknown;
+        }
+        if e.hole {
+            return ResendOutcome::MissingUpstream;
+        }
+        let age = Duration::from_millis(now_ms.wrapping_sub(e.sent_ms) as u64);
+        if age + rtt / 2 > policy.max_age {
+            return ResendOutcome::TooLate;
+        }
+        if e.resends > 0 {
+            let since = Duration::from_millis(now_ms.wrapping_sub(e.resent_ms) as u64);
+            // A resend less than one RTT old may still arrive: the receiver
+            // re-NACKs on its own timer, which is also ~RTT.
+            if since < rtt.mul_f32(0.8) {
+                return ResendOutcome::InFlight;
+            }
+        }
+        if e.resends >= policy.max_resends {
+            return ResendOutcome::MaxResends;
+        }
+        if self.budget <= 0.0 {
+            return ResendOutcome::OverBudget;
+        }
+        e.resends += 1;
+        e.resent_ms = now_ms;
+        ResendOutcome::Resend {
+            src_seq: e.src_seq,
+            generation: e.generation,
+            out_ts: e.out_ts,
+        }
+    }
+
+    /// Spend budget for a resend of `len` bytes.
+    pub fn charge(&mut self, len: usize) {
+        self.budget -= len as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(seq: u64) -> HistPacket {
+        HistPacket {
+            seq,
+            marker: false,
+            pt: Pt::new_with_value(96),
+            payload: vec![seq as u8; 100].into(),
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_last_capacity_packets_and_forgets_on_new_generation() {
+        let mut h = PacketHistory::new(8);
+        for s in 100..120 {
+            h.insert(pkt(s));
+        }
+        let g = h.generation();
+        assert!(h.get(g, 111).is_none(), "overwritten by 119");
+        assert_eq!(h.get(g, 119).map(|p| p.seq), Some(119));
+        assert_eq!(h.get(g, 112).map(|p| p.payload[0]), Some(112));
+        h.new_generation();
+        h.insert(pkt(119));
+        assert!(h.get(g, 119).is_none(), "old generation never matches");
+        assert!(h.get(h.generation(), 119).is_some());
+    }
+
+    #[test]
+    fn resend_policy_limits() {
+        let t0 = Instant::now();
+        let policy = ResendPolicy {
+            max_age: Duration::from_millis(500),
+            max_resends: 2,
+            budget_share: 0.5,
+            budget_max: 1000,
+        };
+        let rtt = Duration::from_millis(100);
+        let mut s = Sequencer::new(16, t0);
+        for i in 0..10u64 {
+            s.sent(t0, 1000 + i, 90 * i as u32, 50 + i, 0, 100, &policy);
+        }
+        // Budget: 10 × 100 × 0.5 = 500 bytes.
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(
+            s.on_nack(at(20), 1003, rtt, &policy),
+            ResendOutcome::Resend {
+                src_seq: 53,
+                generation: 0,
+                out_ts: 270
+            }
+        );
+        s.charge(100);
+        assert_eq!(
+            s.on_nack(at(40), 1003, rtt, &policy),
+            ResendOutcome::InFlight
+        );
+        assert!(matches!(
+            s.on_nack(at(150), 1003, rtt, &policy),
+            ResendOutcome::Resend { .. }
+        ));
+        s.charge(100);
+        assert_eq!(
+            s.on_nack(at(300), 1003, rtt, &policy),
+            ResendOutcome::MaxResends
+        );
+        assert_eq!(s.on_nack(at(20), 999, rtt, &policy), ResendOutcome::Unknown);
+        assert_eq!(
+            s.on_nack(at(20), 1000 + 16, rtt, &policy),
+            ResendOutcome::Unknown,
+            "a slot holds only its own sequence number"
+        );
+        // 460 ms old + 50 ms to arrive > 500 ms.
+        assert_eq!(s.on_nack(at(460), 1004, rtt, &policy), ResendOutcome::TooLate);
+        // Spend the rest of the budget.
+        for seq in 1005..1008 {
+            assert!(matches!(
+                s.on_nack(at(30), seq, rtt, &policy),
+                ResendOutcome::Resend { .. }
+            ));
+            s.charge(100);
+        }
+        assert_eq!(
+            s.on_nack(at(30), 1008, rtt, &policy),
+            ResendOutcome::OverBudget
+        );
+    }
+
+    #[test]
+    fn packets_lost_upstream_are_holes_until_they_arrive() {
+        let t0 = Instant::now();
+        let policy = ResendPolicy::default();
+        let rtt = Duration::from_millis(50);
+        let mut s = Sequencer::new(64, t0);
+        s.sent(t0, 10, 0, 110, 0, 1000, &policy);
+        // 111 and 112 never reached the SFU.
+        s.sent(t0, 13, 0, 113, 0, 1000, &policy);
+        assert_eq!(s.on_nack(t0, 11, rtt, &policy), ResendOutcome::MissingUpstream);
+        assert_eq!(s.on_nack(t0, 12, rtt, &policy), ResendOutcome::MissingUpstream);
+        // The publisher's retransmission of 112 arrives and is forwarded late.
+        s.sent(t0, 12, 0, 112, 0, 1000, &policy);
+        assert!(matches!(
+            s.on_nack(t0, 12, rtt, &policy),
+            ResendOutcome::Resend { src_seq: 112, .. }
+        ));
+        assert_eq!(s.on_nack(t0, 11, rtt, &policy), ResendOutcome::MissingUpstream);
+    }
+}
