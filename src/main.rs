@@ -30,6 +30,10 @@ enum Cmd {
     /// Replay a pcap/pcapng capture into an SFU through many publishers and
     /// subscribers, and report delivery, latency, join time and cost.
     Load(LoadArgs),
+    /// A UDP impairment proxy: loss, bursts, delay, jitter, reordering,
+    /// duplication and a bandwidth cap, set per direction (the kernel's
+    /// netem in user space, for testing on 127.0.0.1).
+    Netsim(meridian_netsim::NetsimArgs),
 }
 
 #[derive(clap::Args)]
@@ -166,6 +170,28 @@ fn main() -> ExitCode {
         }
         Cmd::Token(args) => token(args),
         Cmd::Load(args) => load(args),
+        Cmd::Netsim(args) => netsim(args),
+    }
+}
+
+fn netsim(args: meridian_netsim::NetsimArgs) -> ExitCode {
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meridian netsim: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(meridian_netsim::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meridian netsim: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

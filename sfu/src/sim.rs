@@ -1,6 +1,7 @@
 //! An in-process, deterministic network for testing and benchmarking the
-//! [`Node`]: one node, many str0m client peers, a virtual clock and an
-//! in-memory link with seeded loss and a fixed one-way delay.
+//! [`Node`]: one node, many str0m client peers, a virtual clock and, per
+//! client and direction, a seeded `meridian_netsim::Link` (loss, bursts,
+//! delay, jitter, reordering, a bandwidth cap; by default a fixed delay).
 //!
 //! Nothing here touches a socket or reads the clock (except once, for the
 //! base `Instant`): addresses are fake, time only moves when the harness
@@ -18,7 +19,6 @@
 //! DTLS keys from the OS, so runs are deterministic in what the harness
 //! decides (loss, sequence bases, timing), not in those values.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,9 +32,11 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc};
 
+use meridian_netsim::{Link, LinkConfig};
+
 use crate::core::{
     JoinKind, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output, PeerId,
-    PeerSignal, RoomId,
+    PeerSignal, ResendPolicy, RoomId,
 };
 
 /// Upper bound of loop passes per virtual millisecond (plus a fixed
@@ -60,13 +62,15 @@ pub struct SimConfig {
     /// Seeds the node (its sequence bases) and the harness (loss, client
     /// sequence bases).
     pub seed: u64,
-    /// One-way delay of every datagram, both directions.
+    /// One-way delay of every datagram, both directions, unless a client's
+    /// link is configured otherwise (`set_uplink`, `set_downlink`).
     pub delay: Duration,
     /// The node's (fake) candidate address.
     pub node_addr: SocketAddr,
     /// Passed to the node's `NodeConfig`.
     pub max_peers_per_room: usize,
     pub reconnect_grace: Duration,
+    pub resend: Option<ResendPolicy>,
 }
 
 impl Default for SimConfig {
@@ -79,6 +83,7 @@ impl Default for SimConfig {
             node_addr,
             max_peers_per_room: node.max_peers_per_room,
             reconnect_grace: node.reconnect_grace,
+            resend: node.resend,
         }
     }
 }
@@ -113,7 +118,7 @@ pub struct Captured {
 pub struct LinkStats {
     pub to_node: u64,
     pub to_clients: u64,
-    /// Dropped by the configured random loss.
+    /// Dropped by the clients' links (loss, bursts, queue overflow).
     pub lost: u64,
     /// Sent by the node to an address no live client has.
     pub undeliverable: u64,
@@ -148,10 +153,10 @@ pub struct SimClient {
     received: Vec<ReceivedPacket>,
     keyframe_requests: Vec<(Instant, KeyframeRequest)>,
     signals: Vec<(Instant, PeerSignal)>,
-    /// Loss probability of datagrams from this client to the node.
-    loss_up: f64,
-    /// Loss probability of datagrams from the node to this client.
-    loss_down: f64,
+    /// Datagrams from this client to the node.
+    up: Link<InFlight>,
+    /// Datagrams from the node to this client.
+    down: Link<InFlight>,
     capture_rtp: bool,
     captured: Vec<Captured>,
     /// Datagrams the node sent this client (before loss).
@@ -163,9 +168,8 @@ pub struct SimClient {
     pub held_offers: Vec<(String, u64)>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct InFlight {
-    at: Instant,
     from: SocketAddr,
     to: SocketAddr,
     contents: Vec<u8>,
@@ -179,10 +183,9 @@ pub struct SimNet {
     now: Instant,
     node_timeout: Instant,
     clients: Vec<SimClient>,
-    /// Datagrams on the wire, in delivery order (the delay is fixed and the
-    /// clock only moves forward, so appending keeps the order).
-    wire: VecDeque<InFlight>,
     rng: SmallRng,
+    /// Links made so far (each gets its own seed).
+    links_made: u64,
     link: LinkStats,
     gone: Vec<(Instant, PeerId, &'static str)>,
     next_addr: u32,
@@ -205,6 +208,7 @@ impl SimNet {
         node_config.seed = Some(config.seed);
         node_config.max_peers_per_room = config.max_peers_per_room;
         node_config.reconnect_grace = config.reconnect_grace;
+        node_config.resend = config.resend;
         let node = Node::new(node_config, start);
         SimNet {
             node,
@@ -214,7 +218,7 @@ impl SimNet {
             now: start,
             node_timeout: start,
             clients: Vec::new(),
-            wire: VecDeque::new(),
+            links_made: 0,
             link: LinkStats::default(),
             gone: Vec::new(),
             next_addr: 1,
@@ -251,7 +255,12 @@ impl SimNet {
     }
 
     pub fn link_stats(&self) -> LinkStats {
-        self.link
+        let lost = self
+            .clients
+            .iter()
+            .map(|c| c.up.stats().lost() + c.down.stats().lost())
+            .sum();
+        LinkStats { lost, ..self.link }
     }
 
     pub fn client(&self, id: ClientId) -> &SimClient {
@@ -300,14 +309,49 @@ impl SimNet {
 
     // ------------------------------------------------------------ link
 
-    /// Loss probability of the node → client direction.
-    pub fn set_downlink_loss(&mut self, id: ClientId, p: f64) {
-        self.clients[id.0].loss_down = p;
+    fn new_link(&mut self, config: LinkConfig) -> Link<InFlight> {
+        self.links_made += 1;
+        let seed = self.config.seed ^ self.links_made.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        Link::new(config, seed)
     }
 
-    /// Loss probability of the client → node direction.
+    /// The default link: the configured fixed delay, nothing else.
+    pub fn default_link(&self) -> LinkConfig {
+        LinkConfig {
+            delay: self.config.delay,
+            ..LinkConfig::default()
+        }
+    }
+
+    /// Replaces the node → client link. Datagrams in flight on the old link
+    /// are lost, as on a real network change.
+    pub fn set_downlink(&mut self, id: ClientId, config: LinkConfig) {
+        let link = self.new_link(config);
+        self.clients[id.0].down = link;
+    }
+
+    /// Replaces the client → node link (see `set_downlink`).
+    pub fn set_uplink(&mut self, id: ClientId, config: LinkConfig) {
+        let link = self.new_link(config);
+        self.clients[id.0].up = link;
+    }
+
+    /// Random loss on the node → client direction, on the default link.
+    pub fn set_downlink_loss(&mut self, id: ClientId, p: f64) {
+        let config = LinkConfig {
+            loss: p,
+            ..self.default_link()
+        };
+        self.set_downlink(id, config);
+    }
+
+    /// Random loss on the client → node direction, on the default link.
     pub fn set_uplink_loss(&mut self, id: ClientId, p: f64) {
-        self.clients[id.0].loss_up = p;
+        let config = LinkConfig {
+            loss: p,
+            ..self.default_link()
+        };
+        self.set_uplink(id, config);
     }
 
     /// Diverts the client's RTP datagrams (not RTCP, STUN or DTLS) towards
@@ -322,13 +366,15 @@ impl SimNet {
 
     /// Puts a raw datagram on the wire from the client's address to the node.
     pub fn inject_to_node(&mut self, id: ClientId, contents: Vec<u8>) {
-        let from = self.clients[id.0].addr;
-        self.wire.push_back(InFlight {
-            at: self.now + self.config.delay,
-            from,
-            to: self.config.node_addr,
+        let now = self.now;
+        let to = self.config.node_addr;
+        let c = &mut self.clients[id.0];
+        let d = InFlight {
+            from: c.addr,
+            to,
             contents,
-        });
+        };
+        c.up.push(now, d.contents.len(), d);
     }
 
     fn next_client_addr(&mut self) -> SocketAddr {
@@ -432,6 +478,10 @@ impl SimNet {
             .accept_answer(pending, answer)
             .expect("the client accepts the node's answer");
         let id = ClientId(self.clients.len());
+        let (up, down) = (
+            self.new_link(self.default_link()),
+            self.new_link(self.default_link()),
+        );
         self.clients.push(SimClient {
             rtc,
             addr,
@@ -448,8 +498,8 @@ impl SimNet {
             received: Vec::new(),
             keyframe_requests: Vec::new(),
             signals: Vec::new(),
-            loss_up: 0.0,
-            loss_down: 0.0,
+            up,
+            down,
             capture_rtp: false,
             captured: Vec::new(),
             datagrams_in: 0,
@@ -623,11 +673,16 @@ impl SimNet {
     /// When something next has to happen.
     pub fn next_wakeup(&self) -> Instant {
         let mut t = self.node_timeout;
-        if let Some(d) = self.wire.front() {
-            t = t.min(d.at);
-        }
-        for c in self.clients.iter().filter(|c| !c.closed) {
-            t = t.min(c.timeout);
+        for c in &self.clients {
+            for due in [c.up.poll_timeout(), c.down.poll_timeout()]
+                .into_iter()
+                .flatten()
+            {
+                t = t.min(due);
+            }
+            if !c.closed {
+                t = t.min(c.timeout);
+            }
         }
         t.max(self.now)
     }
@@ -658,11 +713,14 @@ impl SimNet {
             steps += 1;
             assert!(
                 steps <= max_steps,
-                "livelock: {steps} steps without reaching {:?} (now {:?}, node timeout {:?}, wire {})",
+                "livelock: {steps} steps without reaching {:?} (now {:?}, node timeout {:?}, in flight {})",
                 deadline - self.start,
                 self.now - self.start,
                 self.node_timeout.saturating_duration_since(self.start),
-                self.wire.len(),
+                self.clients
+                    .iter()
+                    .map(|c| c.up.in_flight() + c.down.in_flight())
+                    .sum::<usize>(),
             );
         }
         self.set_clock(deadline);
@@ -670,9 +728,13 @@ impl SimNet {
 
     fn process_due(&mut self) {
         let now = self.now;
-        while self.wire.front().is_some_and(|d| d.at <= now) {
-            let d = self.wire.pop_front().expect("checked above");
-            self.deliver(d);
+        for i in 0..self.clients.len() {
+            while let Some(d) = self.clients[i].up.poll(now) {
+                self.deliver(d);
+            }
+            while let Some(d) = self.clients[i].down.poll(now) {
+                self.deliver(d);
+            }
         }
         for i in 0..self.clients.len() {
             let c = &mut self.clients[i];
@@ -735,7 +797,6 @@ impl SimNet {
 
     fn drain_client(&mut self, id: ClientId) {
         let now = self.now;
-        let delay = self.config.delay;
         let node_addr = self.config.node_addr;
         let c = &mut self.clients[id.0];
         loop {
@@ -768,17 +829,13 @@ impl SimNet {
                         });
                         continue;
                     }
-                    if c.loss_up > 0.0 && self.rng.random::<f64>() < c.loss_up {
-                        self.link.lost += 1;
-                        continue;
-                    }
                     self.link.to_node += 1;
-                    self.wire.push_back(InFlight {
-                        at: now + delay,
+                    let d = InFlight {
                         from: t.source,
                         to: t.destination,
                         contents: t.contents.to_vec(),
-                    });
+                    };
+                    c.up.push(now, d.contents.len(), d);
                 }
                 RtcOutput::Event(e) => match e {
                     Event::Connected => c.connected = true,
@@ -835,17 +892,13 @@ impl SimNet {
                         continue;
                     };
                     c.datagrams_in += 1;
-                    if c.loss_down > 0.0 && self.rng.random::<f64>() < c.loss_down {
-                        self.link.lost += 1;
-                        continue;
-                    }
                     self.link.to_clients += 1;
-                    self.wire.push_back(InFlight {
-                        at: self.now + self.config.delay,
+                    let d = InFlight {
                         from: t.source,
                         to: t.destination,
                         contents: t.contents.to_vec(),
-                    });
+                    };
+                    c.down.push(self.now, d.contents.len(), d);
                 }
                 Output::Event(NodeEvent::Signal(peer, signal)) => self.on_signal(peer, signal),
                 Output::Event(NodeEvent::PeerGone { peer, reason }) => {

@@ -122,6 +122,18 @@ impl PacketHistory {
     }
 }
 
+/// A packet as sent to one subscriber, for [`Sequencer::sent`].
+#[derive(Debug, Clone, Copy)]
+pub struct SentPacket {
+    pub out_seq: u64,
+    pub out_ts: u32,
+    /// Its sequence number in the track's history, and the history's generation.
+    pub src_seq: u64,
+    pub generation: u32,
+    /// Payload bytes (feeds the retransmission budget).
+    pub len: usize,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct SeqEntry {
     /// Outgoing extended sequence number + 1 (0: empty slot).
@@ -193,17 +205,15 @@ impl Sequencer {
         (out_seq as usize) & (self.entries.len() - 1)
     }
 
-    /// A packet went out (first transmission) with `len` payload bytes.
-    pub fn sent(
-        &mut self,
-        now: Instant,
-        out_seq: u64,
-        out_ts: u32,
-        src_seq: u64,
-        generation: u32,
-        len: usize,
-        policy: &ResendPolicy,
-    ) {
+    /// A packet went out (first transmission).
+    pub fn sent(&mut self, now: Instant, p: SentPacket, policy: &ResendPolicy) {
+        let SentPacket {
+            out_seq,
+            out_ts,
+            src_seq,
+            generation,
+            len,
+        } = p;
         let sent_ms = self.ms(now);
         let entry = |out: u64, src: u64, hole: bool| SeqEntry {
             out_seq_plus1: out.wrapping_add(1),
@@ -292,6 +302,16 @@ impl Sequencer {
 mod tests {
     use super::*;
 
+    fn sp(out_seq: u64, out_ts: u32, src_seq: u64, generation: u32, len: usize) -> SentPacket {
+        SentPacket {
+            out_seq,
+            out_ts,
+            src_seq,
+            generation,
+            len,
+        }
+    }
+
     fn pkt(seq: u64) -> HistPacket {
         HistPacket {
             seq,
@@ -329,7 +349,7 @@ mod tests {
         let rtt = Duration::from_millis(100);
         let mut s = Sequencer::new(16, t0);
         for i in 0..10u64 {
-            s.sent(t0, 1000 + i, 90 * i as u32, 50 + i, 0, 100, &policy);
+            s.sent(t0, sp(1000 + i, 90 * i as u32, 50 + i, 0, 100), &policy);
         }
         // Budget: 10 × 100 × 0.5 = 500 bytes.
         let at = |ms| t0 + Duration::from_millis(ms);
@@ -362,7 +382,10 @@ mod tests {
             "a slot holds only its own sequence number"
         );
         // 460 ms old + 50 ms to arrive > 500 ms.
-        assert_eq!(s.on_nack(at(460), 1004, rtt, &policy), ResendOutcome::TooLate);
+        assert_eq!(
+            s.on_nack(at(460), 1004, rtt, &policy),
+            ResendOutcome::TooLate
+        );
         // Spend the rest of the budget.
         for seq in 1005..1008 {
             assert!(matches!(
@@ -383,17 +406,26 @@ mod tests {
         let policy = ResendPolicy::default();
         let rtt = Duration::from_millis(50);
         let mut s = Sequencer::new(64, t0);
-        s.sent(t0, 10, 0, 110, 0, 1000, &policy);
+        s.sent(t0, sp(10, 0, 110, 0, 1000), &policy);
         // 111 and 112 never reached the SFU.
-        s.sent(t0, 13, 0, 113, 0, 1000, &policy);
-        assert_eq!(s.on_nack(t0, 11, rtt, &policy), ResendOutcome::MissingUpstream);
-        assert_eq!(s.on_nack(t0, 12, rtt, &policy), ResendOutcome::MissingUpstream);
+        s.sent(t0, sp(13, 0, 113, 0, 1000), &policy);
+        assert_eq!(
+            s.on_nack(t0, 11, rtt, &policy),
+            ResendOutcome::MissingUpstream
+        );
+        assert_eq!(
+            s.on_nack(t0, 12, rtt, &policy),
+            ResendOutcome::MissingUpstream
+        );
         // The publisher's retransmission of 112 arrives and is forwarded late.
-        s.sent(t0, 12, 0, 112, 0, 1000, &policy);
+        s.sent(t0, sp(12, 0, 112, 0, 1000), &policy);
         assert!(matches!(
             s.on_nack(t0, 12, rtt, &policy),
             ResendOutcome::Resend { src_seq: 112, .. }
         ));
-        assert_eq!(s.on_nack(t0, 11, rtt, &policy), ResendOutcome::MissingUpstream);
+        assert_eq!(
+            s.on_nack(t0, 11, rtt, &policy),
+            ResendOutcome::MissingUpstream
+        );
     }
 }

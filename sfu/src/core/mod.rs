@@ -20,8 +20,8 @@ mod room;
 pub use history::ResendPolicy;
 pub use ids::{PeerId, RoomId, TrackId};
 pub use node::{
-    CommandError, JoinKind, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats,
-    NackStats, Output, ParticipantInfo, PeerSignal, TrackInfo, TrackMapEntry,
+    CommandError, JoinKind, JoinRequest, MuteTarget, NackStats, Node, NodeConfig, NodeEvent,
+    NodeStats, Output, ParticipantInfo, PeerSignal, TrackInfo, TrackMapEntry,
     DEFAULT_MAX_PEERS_PER_ROOM,
 };
 pub use str0m::media::MediaKind;

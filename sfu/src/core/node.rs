@@ -20,7 +20,8 @@ use super::codec::{is_keyframe, CodecKind};
 use super::demux::{Demux, DemuxMiss};
 use super::forward::{Decision, Forwarder, FwdPacket};
 use super::history::{
-    HistPacket, PacketHistory, ResendOutcome, ResendPolicy, Sequencer, SEQUENCER_PACKETS,
+    HistPacket, PacketHistory, ResendOutcome, ResendPolicy, SentPacket, Sequencer,
+    SEQUENCER_PACKETS,
 };
 use super::ids::{PeerId, RoomId, TrackId};
 use super::keyframe::KeyframeThrottle;
@@ -1319,11 +1320,13 @@ impl Node {
                     .get_or_insert_with(|| Sequencer::new(SEQUENCER_PACKETS, now))
                     .sent(
                         now,
-                        seq,
-                        ts,
-                        fwd.seq,
-                        generation,
-                        pkt.payload.len(),
+                        SentPacket {
+                            out_seq: seq,
+                            out_ts: ts,
+                            src_seq: fwd.seq,
+                            generation,
+                            len: pkt.payload.len(),
+                        },
                         policy,
                     );
             }
