@@ -33,7 +33,7 @@ enum Cmd {
     /// A UDP impairment proxy: loss, bursts, delay, jitter, reordering,
     /// duplication and a bandwidth cap, set per direction (the kernel's
     /// netem in user space, for testing on 127.0.0.1).
-    Netsim(meridian_netsim::NetsimArgs),
+    Netsim(Box<meridian_netsim::NetsimArgs>),
 }
 
 #[derive(clap::Args)]
@@ -170,7 +170,7 @@ fn main() -> ExitCode {
         }
         Cmd::Token(args) => token(args),
         Cmd::Load(args) => load(args),
-        Cmd::Netsim(args) => netsim(args),
+        Cmd::Netsim(args) => netsim(*args),
     }
 }
 

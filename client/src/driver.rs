@@ -59,6 +59,9 @@ pub(crate) struct Driver {
     outgoing: HashMap<MediaKind, Outgoing>,
     /// mid → server track id, from `track_map`.
     track_ids: HashMap<Mid, Arc<str>>,
+    /// Highest sequence number received per SSRC (to tell which RED copies
+    /// fill a gap).
+    max_seq: HashMap<u32, u64>,
     channel: Option<ChannelId>,
     /// Signals received during connect, delivered first by `run`.
     early: Vec<ServerMsg>,
@@ -82,6 +85,7 @@ impl Driver {
             ws: None,
             outgoing: HashMap::new(),
             track_ids: HashMap::new(),
+            max_seq: HashMap::new(),
             channel: None,
             early: Vec::new(),
         })
@@ -385,19 +389,60 @@ impl Driver {
                     (mid, kind)
                 };
                 let track_id = mid.and_then(|m| self.track_ids.get(&m)).cloned();
+                let seq = *pkt.seq_no;
                 let r = ReceivedRtp {
                     mid,
                     kind,
                     track_id,
                     ssrc: *ssrc,
-                    seq: *pkt.seq_no,
+                    seq,
                     timestamp: pkt.header.timestamp,
                     payload_type: *pkt.header.payload_type,
                     marker: pkt.header.marker,
                     payload: pkt.payload.clone(),
                     received_at: pkt.timestamp,
                 };
-                let _ = events.send(ClientEvent::Rtp(r)).await;
+                let pt = pkt.header.payload_type;
+                let primary_pt = self
+                    .rtc
+                    .codec_config()
+                    .params()
+                    .iter()
+                    .find(|p| p.red() == Some(pt))
+                    .map(|p| *p.pt());
+                let last = self.max_seq.get(&*ssrc).copied();
+                if last.is_none_or(|l| seq > l) {
+                    self.max_seq.insert(*ssrc, seq);
+                }
+                let Some(primary_pt) = primary_pt else {
+                    let _ = events.send(ClientEvent::Rtp(r)).await;
+                    return;
+                };
+                // RED (RFC 2198): the primary, preceded by the copies of
+                // packets that never arrived (one sequence number apart).
+                let Ok(red) = meridian_fec::red::parse(&pkt.payload) else {
+                    debug!(seq, "RED payload that does not parse");
+                    return;
+                };
+                let n = red.blocks().len() as u64;
+                for (k, b) in red.blocks().iter().enumerate() {
+                    let Some(s) = seq.checked_sub(n - 1 - k as u64) else {
+                        continue;
+                    };
+                    let missing = b.is_primary || last.is_some_and(|l| s > l);
+                    if !missing || b.pt != primary_pt {
+                        continue;
+                    }
+                    let unit = ReceivedRtp {
+                        seq: s,
+                        timestamp: r.timestamp.wrapping_sub(u32::from(b.ts_offset)),
+                        payload_type: primary_pt,
+                        marker: b.is_primary && r.marker,
+                        payload: b.data.into(),
+                        ..r.clone()
+                    };
+                    let _ = events.send(ClientEvent::Rtp(unit)).await;
+                }
             }
             Event::ChannelOpen(cid, _) => self.channel = Some(cid),
             Event::ChannelData(d) if !d.binary => {

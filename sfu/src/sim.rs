@@ -19,6 +19,7 @@
 //! DTLS keys from the OS, so runs are deterministic in what the harness
 //! decides (loss, sequence bases, timing), not in those values.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +72,7 @@ pub struct SimConfig {
     pub max_peers_per_room: usize,
     pub reconnect_grace: Duration,
     pub resend: Option<ResendPolicy>,
+    pub audio_red: bool,
 }
 
 impl Default for SimConfig {
@@ -84,6 +86,7 @@ impl Default for SimConfig {
             max_peers_per_room: node.max_peers_per_room,
             reconnect_grace: node.reconnect_grace,
             resend: node.resend,
+            audio_red: node.audio_red,
         }
     }
 }
@@ -151,6 +154,8 @@ pub struct SimClient {
     /// Receive m-lines the node added, in the order they appeared.
     pub recv_mids: Vec<(Mid, MediaKind)>,
     received: Vec<ReceivedPacket>,
+    /// (m-line, sequence number) of everything in `received`.
+    seen: std::collections::HashSet<(Mid, u64)>,
     keyframe_requests: Vec<(Instant, KeyframeRequest)>,
     signals: Vec<(Instant, PeerSignal)>,
     /// Datagrams from this client to the node.
@@ -166,6 +171,14 @@ pub struct SimClient {
     /// answered (a slow or absent client; glare).
     pub hold_offers: bool,
     pub held_offers: Vec<(String, u64)>,
+    /// Video it publishes is kept for answering NACKs (str0m's RTX cache);
+    /// off, the publisher never retransmits.
+    pub retransmits: bool,
+    /// Audio it publishes goes as RED with this many earlier packets (as
+    /// Chrome sends Opus when RED is negotiated); 0: plain.
+    pub red_blocks: u8,
+    /// Its last audio packets (timestamp, payload), for RED.
+    sent_audio: VecDeque<(u32, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -209,6 +222,7 @@ impl SimNet {
         node_config.max_peers_per_room = config.max_peers_per_room;
         node_config.reconnect_grace = config.reconnect_grace;
         node_config.resend = config.resend;
+        node_config.audio_red = config.audio_red;
         let node = Node::new(node_config, start);
         SimNet {
             node,
@@ -496,6 +510,7 @@ impl SimNet {
             outgoing,
             recv_mids: Vec::new(),
             received: Vec::new(),
+            seen: Default::default(),
             keyframe_requests: Vec::new(),
             signals: Vec::new(),
             up,
@@ -506,6 +521,9 @@ impl SimNet {
             errors: Vec::new(),
             hold_offers: false,
             held_offers: Vec::new(),
+            retransmits: true,
+            red_blocks: 0,
+            sent_audio: VecDeque::new(),
         });
         self.drain_client(id);
         self.drain_node();
@@ -582,14 +600,48 @@ impl SimNet {
         let seq = out.next_seq;
         out.next_seq += 1;
         let mid = out.mid;
+        let mut wire_pt = pt;
+        let mut body = payload.to_vec();
+        if kind == MediaKind::Audio && c.red_blocks > 0 {
+            let red_pt = c
+                .rtc
+                .codec_config()
+                .params()
+                .iter()
+                .find(|p| p.pt() == pt)
+                .and_then(|p| p.red());
+            if let Some(red_pt) = red_pt {
+                let blocks: Vec<meridian_fec::red::RedBlock<'_>> = c
+                    .sent_audio
+                    .iter()
+                    .rev()
+                    .take(c.red_blocks as usize)
+                    .rev()
+                    .map(|(ts, p)| meridian_fec::red::RedBlock {
+                        pt: *pt,
+                        ts_offset: timestamp.wrapping_sub(*ts) as u16,
+                        payload: p,
+                    })
+                    .collect();
+                let mut red = Vec::new();
+                if meridian_fec::red::encode(*pt, payload, &blocks, &mut red).is_ok() {
+                    body = red;
+                    wire_pt = red_pt;
+                }
+            }
+            c.sent_audio.push_back((timestamp, payload.to_vec()));
+            if c.sent_audio.len() > 4 {
+                c.sent_audio.pop_front();
+            }
+        }
         let mut api = c.rtc.direct_api();
         let tx = api
             .stream_tx_by_mid(mid, None)
             .expect("a send stream for the m-line");
         tx.write_rtp(
-            RtpWrite::new(pt, SeqNo::from(seq), timestamp, now, payload.to_vec())
+            RtpWrite::new(wire_pt, SeqNo::from(seq), timestamp, now, body)
                 .marker(marker)
-                .nackable(kind == MediaKind::Video),
+                .nackable(kind == MediaKind::Video && c.retransmits),
         );
         // str0m sends written RTP on the next tick.
         if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
@@ -855,17 +907,55 @@ impl SimNet {
                         let Some(kind) = c.rtc.media(mid).map(|m| m.kind()) else {
                             continue;
                         };
-                        c.received.push(ReceivedPacket {
+                        let pt = pkt.header.payload_type;
+                        let red_of = c
+                            .rtc
+                            .codec_config()
+                            .params()
+                            .iter()
+                            .find(|p| p.red() == Some(pt))
+                            .map(|p| p.pt());
+                        let seq = *pkt.seq_no;
+                        let base = ReceivedPacket {
                             mid,
                             kind,
                             ssrc: *ssrc,
-                            seq: *pkt.seq_no,
+                            seq,
                             ts: pkt.header.timestamp,
-                            pt: *pkt.header.payload_type,
+                            pt: *pt,
                             marker: pkt.header.marker,
                             payload: pkt.payload.clone(),
                             at: now,
-                        });
+                        };
+                        let Some(primary_pt) = red_of else {
+                            if c.seen.insert((mid, seq)) {
+                                c.received.push(base);
+                            }
+                            continue;
+                        };
+                        // RED (RFC 2198): the primary, and copies of the
+                        // previous packets (one sequence number apart).
+                        let Ok(red) = meridian_fec::red::parse(&pkt.payload) else {
+                            c.errors.push(format!("bad RED payload at seq {seq}"));
+                            continue;
+                        };
+                        let n = red.blocks().len() as u64;
+                        for (k, b) in red.blocks().iter().enumerate() {
+                            let Some(s) = seq.checked_sub(n - 1 - k as u64) else {
+                                continue;
+                            };
+                            if !c.seen.insert((mid, s)) {
+                                continue;
+                            }
+                            c.received.push(ReceivedPacket {
+                                seq: s,
+                                ts: base.ts.wrapping_sub(u32::from(b.ts_offset)),
+                                pt: *primary_pt,
+                                marker: b.is_primary && base.marker,
+                                payload: Arc::from(b.data),
+                                ..base.clone()
+                            });
+                        }
                     }
                     _ => {}
                 },

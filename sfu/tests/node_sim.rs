@@ -781,3 +781,87 @@ fn unanswered_offers_are_retried_then_the_peer_is_removed() {
         sim.gone()
     );
 }
+
+/// Audio towards a subscriber whose link loses 10 %: the node notices the
+/// loss (first-time NACKs on its video) and sends the audio as RED with
+/// earlier packets, so nearly all of it arrives without retransmission;
+/// the clean subscriber keeps getting plain Opus.
+#[test]
+fn red_protects_audio_towards_a_lossy_subscriber() {
+    let mut sim = sim(11);
+    let (publisher, subs) = room(&mut sim, 2, true);
+    let (lossy, clean) = (subs[0], subs[1]);
+    let mut cam = Camera::new(publisher, 1, 0, 0);
+    let mut mic = Mic::new(publisher, 2, 0);
+    sim.set_downlink_loss(lossy, 0.10);
+    // Adapting takes a loss sample (1 s of video NACKs).
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        Some(&mut mic),
+        Duration::from_secs(3),
+        |_, _| {},
+    );
+    let from = mic.sent.len();
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        Some(&mut mic),
+        Duration::from_secs(10),
+        |_, _| {},
+    );
+    sim.run_for(Duration::from_millis(500));
+    let sent: HashSet<Vec<u8>> = mic.sent[from..].iter().map(|s| s.payload.clone()).collect();
+    let got: HashSet<Vec<u8>> = of_kind(&sim, lossy, MediaKind::Audio)
+        .iter()
+        .map(|p| p.payload.to_vec())
+        .collect();
+    let ratio = sent.intersection(&got).count() as f64 / sent.len() as f64;
+    assert!(
+        ratio >= 0.995,
+        "{:.2} % of {} audio packets arrived",
+        ratio * 100.0,
+        sent.len()
+    );
+    // The clean subscriber: every packet, plain Opus, no RED payload type.
+    let clean_audio = of_kind(&sim, clean, MediaKind::Audio);
+    assert_eq!(clean_audio.len(), mic.sent.len());
+    let opus_pts: HashSet<u8> = clean_audio.iter().map(|p| p.pt).collect();
+    assert_eq!(opus_pts.len(), 1, "one payload type: {opus_pts:?}");
+}
+
+/// A publisher sends Opus in RED (as Chrome does) over an uplink losing
+/// 10 %: the node recovers the lost packets from the redundancy, forwards
+/// them in order, and the (clean) subscriber gets plain Opus.
+#[test]
+fn red_from_the_publisher_recovers_uplink_loss() {
+    let mut sim = sim(12);
+    let (publisher, subs) = room(&mut sim, 1, true);
+    sim.client_mut(publisher).red_blocks = 2;
+    sim.set_uplink_loss(publisher, 0.10);
+    let mut mic = Mic::new(publisher, 3, 0);
+    drive(
+        &mut sim,
+        None,
+        Some(&mut mic),
+        Duration::from_secs(8),
+        |_, _| {},
+    );
+    sim.run_for(Duration::from_millis(500));
+    let audio = of_kind(&sim, subs[0], MediaKind::Audio);
+    let got: HashSet<Vec<u8>> = audio.iter().map(|p| p.payload.to_vec()).collect();
+    let sent: HashSet<Vec<u8>> = mic.sent.iter().map(|s| s.payload.clone()).collect();
+    let ratio = sent.intersection(&got).count() as f64 / sent.len() as f64;
+    assert!(
+        ratio >= 0.99,
+        "{:.2} % of {} arrived",
+        ratio * 100.0,
+        sent.len()
+    );
+    assert!(sim.stats().red_recovered > 0, "{:?}", sim.stats());
+    assert_eq!(got.len(), audio.len(), "no duplicates");
+    // In order: sequence numbers only go up.
+    for w in audio.windows(2) {
+        assert!(w[1].seq > w[0].seq, "{} then {}", w[0].seq, w[1].seq);
+    }
+}

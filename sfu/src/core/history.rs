@@ -146,6 +146,8 @@ struct SeqEntry {
     /// Milliseconds since base of the last resend.
     resent_ms: u32,
     resends: u8,
+    /// NACKed at least once.
+    nacked: bool,
     /// Skipped: the SFU never received this packet (lost upstream). Filled
     /// in when the publisher's retransmission arrives late.
     hole: bool,
@@ -223,6 +225,7 @@ impl Sequencer {
             sent_ms,
             resent_ms: 0,
             resends: 0,
+            nacked: false,
             hole,
         };
         match self.max_out {
@@ -247,21 +250,36 @@ impl Sequencer {
             (self.budget + len as f32 * policy.budget_share).min(policy.budget_max as f32);
     }
 
-    /// Decide about one NACKed outgoing sequence number; `len` is looked up
-    /// by the caller only when the answer is `Resend` (see `charge`).
+    /// Decide about one NACKed outgoing sequence number, and say whether it
+    /// is the first NACK for it (a loss on the subscriber's link). Charge
+    /// the resend with `charge` once its length is known.
     pub fn on_nack(
         &mut self,
         now: Instant,
         out_seq: u64,
         rtt: Duration,
         policy: &ResendPolicy,
-    ) -> ResendOutcome {
-        let now_ms = self.ms(now);
+    ) -> (ResendOutcome, bool) {
         let i = self.slot(out_seq);
         let e = &mut self.entries[i];
         if e.out_seq_plus1 != out_seq.wrapping_add(1) {
-            return ResendOutcome::Unknown;
+            return (ResendOutcome::Unknown, false);
         }
+        // A packet the SFU never had is not a loss on the subscriber's link.
+        let first = !e.nacked && !e.hole;
+        e.nacked = true;
+        (self.decide(i, now, rtt, policy), first)
+    }
+
+    fn decide(
+        &mut self,
+        i: usize,
+        now: Instant,
+        rtt: Duration,
+        policy: &ResendPolicy,
+    ) -> ResendOutcome {
+        let now_ms = self.ms(now);
+        let e = &mut self.entries[i];
         if e.hole {
             return ResendOutcome::MissingUpstream;
         }
@@ -354,7 +372,7 @@ mod tests {
         // Budget: 10 × 100 × 0.5 = 500 bytes.
         let at = |ms| t0 + Duration::from_millis(ms);
         assert_eq!(
-            s.on_nack(at(20), 1003, rtt, &policy),
+            s.on_nack(at(20), 1003, rtt, &policy).0,
             ResendOutcome::Resend {
                 src_seq: 53,
                 generation: 0,
@@ -363,39 +381,42 @@ mod tests {
         );
         s.charge(100);
         assert_eq!(
-            s.on_nack(at(40), 1003, rtt, &policy),
+            s.on_nack(at(40), 1003, rtt, &policy).0,
             ResendOutcome::InFlight
         );
         assert!(matches!(
-            s.on_nack(at(150), 1003, rtt, &policy),
+            s.on_nack(at(150), 1003, rtt, &policy).0,
             ResendOutcome::Resend { .. }
         ));
         s.charge(100);
         assert_eq!(
-            s.on_nack(at(300), 1003, rtt, &policy),
+            s.on_nack(at(300), 1003, rtt, &policy).0,
             ResendOutcome::MaxResends
         );
-        assert_eq!(s.on_nack(at(20), 999, rtt, &policy), ResendOutcome::Unknown);
         assert_eq!(
-            s.on_nack(at(20), 1000 + 16, rtt, &policy),
+            s.on_nack(at(20), 999, rtt, &policy).0,
+            ResendOutcome::Unknown
+        );
+        assert_eq!(
+            s.on_nack(at(20), 1000 + 16, rtt, &policy).0,
             ResendOutcome::Unknown,
             "a slot holds only its own sequence number"
         );
         // 460 ms old + 50 ms to arrive > 500 ms.
         assert_eq!(
-            s.on_nack(at(460), 1004, rtt, &policy),
+            s.on_nack(at(460), 1004, rtt, &policy).0,
             ResendOutcome::TooLate
         );
         // Spend the rest of the budget.
         for seq in 1005..1008 {
             assert!(matches!(
-                s.on_nack(at(30), seq, rtt, &policy),
+                s.on_nack(at(30), seq, rtt, &policy).0,
                 ResendOutcome::Resend { .. }
             ));
             s.charge(100);
         }
         assert_eq!(
-            s.on_nack(at(30), 1008, rtt, &policy),
+            s.on_nack(at(30), 1008, rtt, &policy).0,
             ResendOutcome::OverBudget
         );
     }
@@ -410,21 +431,21 @@ mod tests {
         // 111 and 112 never reached the SFU.
         s.sent(t0, sp(13, 0, 113, 0, 1000), &policy);
         assert_eq!(
-            s.on_nack(t0, 11, rtt, &policy),
+            s.on_nack(t0, 11, rtt, &policy).0,
             ResendOutcome::MissingUpstream
         );
         assert_eq!(
-            s.on_nack(t0, 12, rtt, &policy),
+            s.on_nack(t0, 12, rtt, &policy).0,
             ResendOutcome::MissingUpstream
         );
         // The publisher's retransmission of 112 arrives and is forwarded late.
         s.sent(t0, sp(12, 0, 112, 0, 1000), &policy);
         assert!(matches!(
-            s.on_nack(t0, 12, rtt, &policy),
+            s.on_nack(t0, 12, rtt, &policy).0,
             ResendOutcome::Resend { src_seq: 112, .. }
         ));
         assert_eq!(
-            s.on_nack(t0, 11, rtt, &policy),
+            s.on_nack(t0, 11, rtt, &policy).0,
             ResendOutcome::MissingUpstream
         );
     }

@@ -11,6 +11,7 @@ pub mod forward;
 pub mod history;
 pub mod ids;
 pub mod keyframe;
+pub mod redundancy;
 pub mod rewrite;
 
 mod node;
@@ -60,10 +61,12 @@ pub enum DropReason {
     ChatRateLimited,
     /// A receiver's data-channel buffer is full (it does not read).
     ChatBufferFull,
+    /// A publisher's RED payload that does not parse or wraps another codec.
+    BadRed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
         DropReason::BadStun,
@@ -79,6 +82,7 @@ impl DropReason {
         DropReason::MessageTooLarge,
         DropReason::ChatRateLimited,
         DropReason::ChatBufferFull,
+        DropReason::BadRed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +102,7 @@ impl DropReason {
             DropReason::MessageTooLarge => "message_too_large",
             DropReason::ChatRateLimited => "chat_rate_limited",
             DropReason::ChatBufferFull => "chat_buffer_full",
+            DropReason::BadRed => "bad_red",
         }
     }
 }

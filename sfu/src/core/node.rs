@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -9,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::ChannelData;
 use str0m::media::{
-    Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, MediaKind, Mid, ResendRequest,
+    Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, MediaKind, Mid, Pt, ResendRequest,
 };
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
@@ -25,7 +26,8 @@ use super::history::{
 };
 use super::ids::{PeerId, RoomId, TrackId};
 use super::keyframe::KeyframeThrottle;
-use super::peer::{Negotiation, OutTrack, Peer, PeerKind, PendingOffer, Published};
+use super::peer::{Negotiation, OutTrack, Peer, PeerKind, PendingOffer, PtMap, Published};
+use super::redundancy::{unred, AudioRecent, LossEstimate, RedLevel, Unred, MAX_LEVEL};
 use super::rewrite::SourceKey;
 use super::room::{Room, Track};
 use super::{DropCounters, DropReason};
@@ -82,6 +84,9 @@ pub struct NodeConfig {
     /// How subscriber NACKs are answered; `None`: they are not (for
     /// measuring what recovery brings).
     pub resend: Option<ResendPolicy>,
+    /// Audio to subscribers whose links lose packets goes as RED (when
+    /// they negotiated it).
+    pub audio_red: bool,
 }
 
 impl NodeConfig {
@@ -92,6 +97,7 @@ impl NodeConfig {
             reconnect_grace: Duration::from_secs(10),
             seed: None,
             resend: Some(ResendPolicy::default()),
+            audio_red: true,
         }
     }
 }
@@ -214,6 +220,8 @@ pub struct NodeStats {
     pub rtp_forwarded: u64,
     pub bytes_forwarded: u64,
     pub keyframe_requests_upstream: u64,
+    /// Audio packets recovered from publishers' RED.
+    pub red_recovered: u64,
     pub drops: DropCounters,
     pub nack: NackStats,
 }
@@ -225,6 +233,8 @@ pub struct NackStats {
     pub requested: u64,
     /// Answered with a retransmission.
     pub resent: u64,
+    /// Payload bytes of those retransmissions.
+    pub resent_bytes: u64,
     /// Never sent or already forgotten.
     pub unknown: u64,
     /// Lost before it reached the SFU and not (yet) recovered from the
@@ -257,6 +267,20 @@ pub struct Node {
     next_evict: Instant,
     stats: NodeStats,
     rng: SmallRng,
+    /// Scratch for building RED payloads.
+    red_buf: Vec<u8>,
+}
+
+/// A RED payload built for one packet: (level, primary payload type, payload).
+type BuiltRed = (u8, Pt, Arc<[u8]>);
+
+/// One packet to fan out (a publisher's RED packet can yield several).
+#[derive(Debug, Default)]
+struct Unit {
+    seq: u64,
+    ts: u64,
+    marker: bool,
+    payload: Arc<[u8]>,
 }
 
 fn rtc_config() -> RtcConfig {
@@ -302,6 +326,7 @@ impl Node {
             next_evict: now + DEMUX_EVICT_INTERVAL,
             stats: NodeStats::default(),
             rng,
+            red_buf: Vec::new(),
         }
     }
 
@@ -412,6 +437,8 @@ impl Node {
             // joining (a WebSocket client that never offers included).
             connect_deadline: Some(self.now + CONNECT_TIMEOUT),
             rtt: DEFAULT_RTT,
+            red: RedLevel::default(),
+            loss: LossEstimate::default(),
         };
         debug!(peer = %id, room = %req.room, identity = %peer.identity, "peer joined");
         let info = participant_info(&peer, room);
@@ -819,6 +846,12 @@ impl Node {
 
     fn housekeeping(&mut self) {
         let now = self.now;
+        // Each subscriber's loss estimate, and the audio redundancy it gets.
+        for p in self.peers.values_mut() {
+            if p.loss.close_window(now) {
+                p.red.update(p.loss.estimate(now));
+            }
+        }
         // Orphaned tracks whose publisher did not come back.
         let expired: Vec<(RoomId, TrackId)> = self
             .rooms
@@ -953,8 +986,22 @@ impl Node {
             Event::KeyframeRequest(req) => self.on_keyframe_request(id, req),
             Event::ResendRequest(req) => self.on_resend_request(id, req),
             Event::MediaEgressStats(s) => {
-                if let (Some(rtt), Some(p)) = (s.rtt, self.peers.get_mut(&id)) {
+                let Some(p) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                if let Some(rtt) = s.rtt {
                     p.rtt = rtt;
+                }
+                // Audio is not retransmitted, so its receiver reports show
+                // the link's loss (video's show what NACK left over).
+                let audio = p
+                    .outs
+                    .iter()
+                    .any(|o| o.mid == s.mid && o.kind == MediaKind::Audio);
+                if let (Some(loss), true) = (s.loss, audio) {
+                    let now = self.now;
+                    p.loss.report_rr(now, loss);
+                    p.red.update(p.loss.estimate(now));
                 }
             }
             Event::Connected => {
@@ -1037,6 +1084,7 @@ impl Node {
                         orphaned_until: None,
                         history: None,
                         history_source: None,
+                        audio: None,
                     },
                 );
                 tid
@@ -1202,10 +1250,15 @@ impl Node {
             self.stats.drops.add(DropReason::NoTrack);
             return;
         };
+        // The codec of the packet; a RED payload type stands for its primary codec.
         let params = match published.params {
             Some((p, params)) if p == pt => params,
             _ => {
-                let Some(params) = publisher.rtc.codec_config().find(|p| p.pt() == pt).copied()
+                let Some(params) = publisher
+                    .rtc
+                    .codec_config()
+                    .find(|p| p.pt() == pt || p.red() == Some(pt))
+                    .copied()
                 else {
                     self.stats.drops.add(DropReason::NoPayloadType);
                     return;
@@ -1214,6 +1267,7 @@ impl Node {
                 params
             }
         };
+        let is_red = params.pt() != pt;
         let track_id = published.track;
         let Some(room) = self.rooms.get_mut(&publisher.room) else {
             return;
@@ -1227,19 +1281,10 @@ impl Node {
             return;
         }
         let codec = CodecKind::of(&params);
-        let fwd = FwdPacket {
-            source: SourceKey {
-                track_epoch: track.source_epoch,
-                ssrc: *ssrc,
-            },
-            seq: *pkt.seq_no,
-            ts: pkt.time.numer(),
-            arrival: pkt.timestamp,
-            pt,
-            codec,
-            clock_rate: params.spec().clock_rate.get(),
-            keyframe: codec.is_video() && is_keyframe(codec, &pkt.payload),
-            resume_epoch: track.resume_epoch,
+        let video = codec.is_video();
+        let source = SourceKey {
+            track_epoch: track.source_epoch,
+            ssrc: *ssrc,
         };
         let ext = ExtensionValues {
             audio_level: pkt.header.ext_vals.audio_level,
@@ -1247,93 +1292,192 @@ impl Node {
             video_orientation: pkt.header.ext_vals.video_orientation,
             ..Default::default()
         };
-        let video = codec.is_video();
-        // One copy of each video packet for NACKs, shared by all subscribers.
-        let resend = self.config.resend;
-        let generation = match (video, &resend) {
-            (true, Some(_)) => {
-                let h = track.history.get_or_insert_with(PacketHistory::default);
-                if track.history_source != Some(fwd.source) {
-                    h.new_generation();
-                    track.history_source = Some(fwd.source);
+        let seq = *pkt.seq_no;
+        let ts = pkt.time.numer();
+
+        // What goes out: the packet itself or, from a publisher's RED, the
+        // copies of packets that never arrived (oldest first), then its primary.
+        let mut units: [Option<Unit>; 1 + MAX_LEVEL as usize] = Default::default();
+        if video {
+            units[0] = Some(Unit {
+                seq,
+                ts,
+                marker: pkt.header.marker,
+                payload: pkt.payload.clone(),
+            });
+        } else {
+            let recent = track.audio.get_or_insert_with(AudioRecent::default);
+            recent.check_source(source);
+            if is_red {
+                let Some(unred) = unred(recent, seq, ts, *params.pt(), &pkt.payload) else {
+                    self.stats.drops.add(DropReason::BadRed);
+                    return;
+                };
+                // Only the last MAX_LEVEL + 1 blocks can matter.
+                let all: Vec<Unred> = unred.collect();
+                let skip = all.len().saturating_sub(units.len());
+                for (slot, u) in units.iter_mut().zip(all.into_iter().skip(skip)) {
+                    *slot = Some(Unit {
+                        seq: u.seq,
+                        ts: u.ts,
+                        marker: false,
+                        payload: u.payload,
+                    });
                 }
-                h.insert(HistPacket {
-                    seq: fwd.seq,
+                self.stats.red_recovered += units.iter().flatten().count().saturating_sub(1) as u64;
+            } else {
+                units[0] = Some(Unit {
+                    seq,
+                    ts,
                     marker: pkt.header.marker,
-                    pt,
                     payload: pkt.payload.clone(),
                 });
-                Some(h.generation())
             }
-            _ => None,
-        };
+            for u in units.iter().flatten() {
+                recent.push(u.seq, u.ts, u.payload.clone());
+            }
+        }
+
+        let resend = self.config.resend;
+        let audio_red = self.config.audio_red;
         let now = self.now;
         let mut needs_keyframe = false;
-        for &(sub_id, mid) in &track.subscribers {
-            let Some(sub) = self.peers.get_mut(&sub_id) else {
-                continue;
+        for unit in units.iter().flatten() {
+            let fwd = FwdPacket {
+                source,
+                seq: unit.seq,
+                ts: unit.ts,
+                arrival: pkt.timestamp,
+                pt,
+                codec,
+                clock_rate: params.spec().clock_rate.get(),
+                keyframe: video && is_keyframe(codec, &unit.payload),
+                resume_epoch: track.resume_epoch,
             };
-            let Some(out) = sub.outs.iter_mut().find(|o| o.mid == mid) else {
-                continue;
-            };
-            let (seq, ts) = match out.fwd.decide(&fwd) {
-                Decision::Drop(r) => {
-                    needs_keyframe |= r == DropReason::WaitingForKeyframe;
-                    self.stats.drops.add(r);
-                    continue;
+            // One copy of each video packet for NACKs, shared by all subscribers.
+            let generation = match (video, &resend) {
+                (true, Some(_)) => {
+                    let h = track.history.get_or_insert_with(PacketHistory::default);
+                    if track.history_source != Some(fwd.source) {
+                        h.new_generation();
+                        track.history_source = Some(fwd.source);
+                    }
+                    h.insert(HistPacket {
+                        seq: fwd.seq,
+                        marker: unit.marker,
+                        pt,
+                        payload: unit.payload.clone(),
+                    });
+                    Some(h.generation())
                 }
-                Decision::Forward { seq, ts } => (seq, ts),
+                _ => None,
             };
-            let out_pt = match out.pt_map {
-                Some((i, o)) if i == pt => o,
-                _ => {
-                    let Some(local) = sub.rtc.codec_config().match_params(params).map(|p| p.pt())
-                    else {
-                        self.stats.drops.add(DropReason::NoPayloadType);
-                        continue;
-                    };
-                    let negotiated = sub
-                        .rtc
-                        .media(mid)
-                        .is_some_and(|m| m.remote_pts().contains(&local));
-                    if !negotiated {
-                        self.stats.drops.add(DropReason::NoPayloadType);
+            // RED payloads built for this packet, by (level, payload type).
+            let mut red_built: [Option<BuiltRed>; MAX_LEVEL as usize] = Default::default();
+            for &(sub_id, mid) in &track.subscribers {
+                let Some(sub) = self.peers.get_mut(&sub_id) else {
+                    continue;
+                };
+                let Some(out) = sub.outs.iter_mut().find(|o| o.mid == mid) else {
+                    continue;
+                };
+                let (out_seq, out_ts) = match out.fwd.decide(&fwd) {
+                    Decision::Drop(r) => {
+                        needs_keyframe |= r == DropReason::WaitingForKeyframe;
+                        self.stats.drops.add(r);
                         continue;
                     }
-                    out.pt_map = Some((pt, local));
-                    local
+                    Decision::Forward { seq, ts } => (seq, ts),
+                };
+                let map = match out.pt_map {
+                    Some(m) if m.incoming == params.pt() => m,
+                    _ => {
+                        let Some(local) = sub.rtc.codec_config().match_params(params).copied()
+                        else {
+                            self.stats.drops.add(DropReason::NoPayloadType);
+                            continue;
+                        };
+                        let negotiated = sub
+                            .rtc
+                            .media(mid)
+                            .is_some_and(|m| m.remote_pts().contains(&local.pt()));
+                        if !negotiated {
+                            self.stats.drops.add(DropReason::NoPayloadType);
+                            continue;
+                        }
+                        let m = PtMap {
+                            incoming: params.pt(),
+                            out: local.pt(),
+                            red: local.red(),
+                        };
+                        out.pt_map = Some(m);
+                        m
+                    }
+                };
+                // Audio to a subscriber whose link loses packets: RED.
+                let mut out_pt = map.out;
+                let mut payload = &unit.payload;
+                let red_payload;
+                if let (Some(red_pt), Some(recent), level @ 1..) = (
+                    map.red.filter(|_| audio_red),
+                    track.audio.as_ref(),
+                    sub.red.0,
+                ) {
+                    let cached = red_built
+                        .iter()
+                        .flatten()
+                        .find(|(l, p, _)| *l == level && *p == map.out)
+                        .map(|(_, _, b)| b.clone());
+                    let built = cached.or_else(|| {
+                        if !recent.build_red(unit.seq, level, *map.out, &mut self.red_buf) {
+                            return None;
+                        }
+                        let b: Arc<[u8]> = Arc::from(&self.red_buf[..]);
+                        if let Some(slot) = red_built.iter_mut().find(|s| s.is_none()) {
+                            *slot = Some((level, map.out, b.clone()));
+                        }
+                        Some(b)
+                    });
+                    if let Some(b) = built {
+                        red_payload = b;
+                        payload = &red_payload;
+                        out_pt = red_pt;
+                    }
                 }
-            };
-            let mut api = sub.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                self.stats.drops.add(DropReason::NotNegotiated);
-                continue;
-            };
-            tx.write_rtp(
-                RtpWrite::new(out_pt, seq.into(), ts, fwd.arrival, pkt.payload.clone())
-                    .marker(pkt.header.marker)
-                    .ext_vals(ext.clone())
-                    .nackable(video),
-            );
-            if let (Some(generation), Some(policy)) = (generation, &resend) {
-                out.seq
-                    .get_or_insert_with(|| Sequencer::new(SEQUENCER_PACKETS, now))
-                    .sent(
-                        now,
-                        SentPacket {
-                            out_seq: seq,
-                            out_ts: ts,
-                            src_seq: fwd.seq,
-                            generation,
-                            len: pkt.payload.len(),
-                        },
-                        policy,
-                    );
+                let mut api = sub.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                    self.stats.drops.add(DropReason::NotNegotiated);
+                    continue;
+                };
+                tx.write_rtp(
+                    RtpWrite::new(out_pt, out_seq.into(), out_ts, fwd.arrival, payload.clone())
+                        .marker(unit.marker)
+                        .ext_vals(ext.clone())
+                        .nackable(video),
+                );
+                if let (Some(generation), Some(policy)) = (generation, &resend) {
+                    out.seq
+                        .get_or_insert_with(|| Sequencer::new(SEQUENCER_PACKETS, now))
+                        .sent(
+                            now,
+                            SentPacket {
+                                out_seq,
+                                out_ts,
+                                src_seq: fwd.seq,
+                                generation,
+                                len: unit.payload.len(),
+                            },
+                            policy,
+                        );
+                }
+                if video {
+                    sub.loss.sent += 1;
+                }
+                self.stats.rtp_forwarded += 1;
+                self.stats.bytes_forwarded += payload.len() as u64;
+                sub.needs_tick = true;
+                Self::mark_dirty(&mut self.dirty, sub);
             }
-            self.stats.rtp_forwarded += 1;
-            self.stats.bytes_forwarded += pkt.payload.len() as u64;
-            sub.needs_tick = true;
-            Self::mark_dirty(&mut self.dirty, sub);
         }
         // A subscriber waits for a keyframe: ask the publisher (throttled).
         let owner_mid = track.owner.map(|o| (o, track.mid));
@@ -1357,11 +1501,19 @@ impl Node {
             return;
         };
         let rtt = peer.rtt;
+        let loss = &mut peer.loss;
         let Some(out) = peer.outs.iter_mut().find(|o| o.mid == req.mid) else {
             return;
         };
-        let (Some(track_id), Some((in_pt, out_pt)), Some(seq)) =
-            (out.source, out.pt_map, out.seq.as_mut())
+        let (
+            Some(track_id),
+            Some(PtMap {
+                incoming: in_pt,
+                out: out_pt,
+                ..
+            }),
+            Some(seq),
+        ) = (out.source, out.pt_map, out.seq.as_mut())
         else {
             nack.unknown += req.seq_nos.len() as u64;
             return;
@@ -1381,7 +1533,11 @@ impl Node {
         };
         let mut resent = false;
         for out_seq in req.seq_nos {
-            let (src_seq, generation, out_ts) = match seq.on_nack(now, *out_seq, rtt, &policy) {
+            let (outcome, first) = seq.on_nack(now, *out_seq, rtt, &policy);
+            if first {
+                loss.lost += 1;
+            }
+            let (src_seq, generation, out_ts) = match outcome {
                 ResendOutcome::Resend {
                     src_seq,
                     generation,
@@ -1423,6 +1579,7 @@ impl Node {
                     .nackable(true),
             );
             nack.resent += 1;
+            nack.resent_bytes += p.payload.len() as u64;
             resent = true;
         }
         if resent {

@@ -12,6 +12,7 @@ use str0m::Rtc;
 use super::forward::Forwarder;
 use super::history::Sequencer;
 use super::ids::{PeerId, RoomId, TrackId};
+use super::redundancy::{LossEstimate, RedLevel};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PeerKind {
@@ -32,6 +33,17 @@ pub(crate) struct Published {
     pub params: Option<(Pt, PayloadParams)>,
 }
 
+/// The payload types one subscriber gets a track's codec on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PtMap {
+    /// The publisher's payload type of the codec.
+    pub incoming: Pt,
+    /// The subscriber's payload type of the same codec.
+    pub out: Pt,
+    /// The subscriber's RED payload type for it, if negotiated.
+    pub red: Option<Pt>,
+}
+
 #[derive(Debug)]
 pub(crate) struct OutTrack {
     pub mid: Mid,
@@ -40,8 +52,8 @@ pub(crate) struct OutTrack {
     /// or waiting for a publisher (WHEP).
     pub source: Option<TrackId>,
     pub fwd: Forwarder,
-    /// Incoming payload type → this subscriber's payload type.
-    pub pt_map: Option<(Pt, Pt)>,
+    /// Incoming payload type → this subscriber's payload types.
+    pub pt_map: Option<PtMap>,
     /// Outgoing sequence number → history, for NACKs (video, on first packet).
     pub seq: Option<Sequencer>,
 }
@@ -133,6 +145,11 @@ pub(crate) struct Peer {
     pub connect_deadline: Option<Instant>,
     /// Round-trip time from RTCP receiver reports (a default until known).
     pub rtt: Duration,
+    /// Audio redundancy towards this peer, from the loss its receiver
+    /// reports show on any of its streams (video reports come every second,
+    /// audio ones every five).
+    pub red: RedLevel,
+    pub loss: LossEstimate,
 }
 
 impl Peer {

@@ -8,6 +8,7 @@ use str0m::media::{MediaKind, Mid};
 use super::history::PacketHistory;
 use super::ids::{PeerId, RoomId, TrackId};
 use super::keyframe::KeyframeThrottle;
+use super::redundancy::AudioRecent;
 use super::rewrite::SourceKey;
 
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub(crate) struct Track {
     /// on the first packet) and the source they came from.
     pub history: Option<PacketHistory>,
     pub history_source: Option<SourceKey>,
+    /// The last packets of an audio track, for RED (created on the first).
+    pub audio: Option<AudioRecent>,
 }
 
 #[derive(Debug)]
