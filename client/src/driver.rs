@@ -1,20 +1,21 @@
 //! The task that drives one client's str0m `Rtc`: UDP socket, timers,
 //! WebSocket signaling (when used) and outgoing RTP commands.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use meridian_sfu::core::codec::{negotiated_pt, rtc_config};
+use meridian_sfu::core::fec::{mutable_extension_ids, video_fec_pts, FecReceiver};
 use meridian_signaling::protocol::{ClientMsg, ServerMsg};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::rtp::{RtpPacket, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -62,6 +63,11 @@ pub(crate) struct Driver {
     /// Highest sequence number received per SSRC (to tell which RED copies
     /// fill a gap).
     max_seq: HashMap<u32, u64>,
+    /// ULPFEC receivers per video m-line that negotiated RED + ULPFEC.
+    fec_rx: HashMap<Mid, FecReceiver>,
+    /// Video sequence numbers delivered from RED, to not deliver twice.
+    fec_seen: HashSet<(Mid, u64)>,
+    udp_via: Option<SocketAddr>,
     channel: Option<ChannelId>,
     /// Signals received during connect, delivered first by `run`.
     early: Vec<ServerMsg>,
@@ -75,7 +81,10 @@ impl Driver {
     async fn new(cfg: &ClientConfig) -> Result<Driver, ClientError> {
         let socket = UdpSocket::bind(SocketAddr::new(cfg.bind_ip, 0)).await?;
         let local = socket.local_addr()?;
-        let mut rtc = rtc_config().build(Instant::now());
+        // Header bytes as received: ULPFEC recovery needs the packets as sent.
+        let mut rtc = rtc_config()
+            .keep_rtp_header_bytes(true)
+            .build(Instant::now());
         let cand = Candidate::host(local, "udp").map_err(rtc_error)?;
         rtc.add_local_candidate(cand);
         Ok(Driver {
@@ -86,6 +95,9 @@ impl Driver {
             outgoing: HashMap::new(),
             track_ids: HashMap::new(),
             max_seq: HashMap::new(),
+            fec_rx: HashMap::new(),
+            fec_seen: HashSet::new(),
+            udp_via: cfg.udp_via,
             channel: None,
             early: Vec::new(),
         })
@@ -206,6 +218,7 @@ impl Driver {
                 other => early.push(other),
             }
         };
+        let answer = d.via(&answer);
         let answer = SdpAnswer::from_sdp_string(&answer).map_err(rtc_error)?;
         d.rtc
             .sdp_api()
@@ -217,6 +230,29 @@ impl Driver {
         }
         d.early = early;
         Ok((d, Some(peer_id)))
+    }
+
+    /// The server's SDP with its ICE candidates pointed at `udp_via`.
+    fn via(&self, sdp: &str) -> String {
+        let Some(via) = self.udp_via else {
+            return sdp.to_string();
+        };
+        sdp.lines()
+            .map(|l| {
+                if !l.starts_with("a=candidate:") {
+                    return l.to_string();
+                }
+                // foundation component transport priority address port ...
+                let mut f: Vec<String> = l.split(' ').map(str::to_string).collect();
+                if f.len() > 5 {
+                    f[4] = via.ip().to_string();
+                    f[5] = via.port().to_string();
+                }
+                f.join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n")
+            + "\r\n"
     }
 
     fn early_signal(&mut self, m: &ServerMsg) {
@@ -262,6 +298,7 @@ impl Driver {
         }
         let location =
             location.ok_or_else(|| ClientError::Protocol("201 without Location".into()))?;
+        let body = d.via(&body);
         let answer = SdpAnswer::from_sdp_string(&body).map_err(rtc_error)?;
         d.rtc
             .sdp_api()
@@ -403,6 +440,12 @@ impl Driver {
                     received_at: pkt.timestamp,
                 };
                 let pt = pkt.header.payload_type;
+                if let Some(mid) =
+                    mid.filter(|m| video_fec_pts(&self.rtc, *m).is_some_and(|(red, _)| red == pt))
+                {
+                    self.on_video_red(mid, &pkt, r, events).await;
+                    return;
+                }
                 let primary_pt = self
                     .rtc
                     .codec_config()
@@ -453,6 +496,62 @@ impl Driver {
         }
     }
 
+    /// Video in RED: unwrapped and ULPFEC-decoded; what comes out (media and
+    /// rebuilt packets, each sequence number once) goes to the application.
+    async fn on_video_red(
+        &mut self,
+        mid: Mid,
+        pkt: &RtpPacket,
+        r: ReceivedRtp,
+        events: &mpsc::Sender<ClientEvent>,
+    ) {
+        if !self.fec_rx.contains_key(&mid) {
+            let Some((_, ulpfec)) = video_fec_pts(&self.rtc, mid) else {
+                return;
+            };
+            let ids = self
+                .rtc
+                .media(mid)
+                .map(|m| mutable_extension_ids(m.remote_extmap()))
+                .unwrap_or_default();
+            self.fec_rx
+                .insert(mid, FecReceiver::new(ulpfec, r.ssrc, ids));
+        }
+        let Some(rx) = self.fec_rx.get_mut(&mid) else {
+            return;
+        };
+        let mut out = Vec::new();
+        rx.on_red(
+            pkt.header_bytes.as_deref(),
+            r.seq,
+            r.timestamp,
+            r.marker,
+            &pkt.payload,
+            &mut out,
+        );
+        for u in out {
+            // A rebuilt packet may also arrive later on its own (or by RTX).
+            if u.recovered && self.fec_seen.contains(&(mid, u.seq)) {
+                continue;
+            }
+            self.fec_seen.insert((mid, u.seq));
+            let unit = ReceivedRtp {
+                seq: u.seq,
+                timestamp: u.ts,
+                payload_type: u.pt,
+                marker: u.marker,
+                payload: u.payload,
+                ..r.clone()
+            };
+            let _ = events.send(ClientEvent::Rtp(unit)).await;
+        }
+        // Bounded: forget all but the recent sequence numbers.
+        if self.fec_seen.len() > 4096 {
+            let keep_from = r.seq.saturating_sub(2048);
+            self.fec_seen.retain(|(_, s)| *s >= keep_from);
+        }
+    }
+
     async fn on_signal(
         &mut self,
         m: ServerMsg,
@@ -462,7 +561,7 @@ impl Driver {
             // The client offers only once, while connecting (before `run`),
             // so a server offer never meets an outstanding offer of ours.
             ServerMsg::Offer { sdp, seq } => {
-                let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+                let offer = SdpOffer::from_sdp_string(&self.via(sdp)).map_err(|e| e.to_string())?;
                 let answer = self
                     .rtc
                     .sdp_api()

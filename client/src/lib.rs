@@ -79,6 +79,9 @@ pub struct ClientConfig {
     pub auto_subscribe: bool,
     /// Local IP to bind the client's UDP socket to.
     pub bind_ip: IpAddr,
+    /// Send media to this address instead of the server's ICE candidates
+    /// (a UDP proxy in front of the server, e.g. `meridian netsim`).
+    pub udp_via: Option<std::net::SocketAddr>,
 }
 
 impl ClientConfig {
@@ -97,6 +100,7 @@ impl ClientConfig {
             video_codec: VideoCodec::Vp8,
             auto_subscribe: true,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
+            udp_via: None,
         }
     }
 
@@ -113,6 +117,12 @@ impl ClientConfig {
 
     pub fn video_codec(mut self, c: VideoCodec) -> Self {
         self.video_codec = c;
+        self
+    }
+
+    /// Reach the server's UDP port through `addr` (see `udp_via`).
+    pub fn udp_via(mut self, addr: std::net::SocketAddr) -> Self {
+        self.udp_via = Some(addr);
         self
     }
 }

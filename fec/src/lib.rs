@@ -56,4 +56,4 @@ pub mod ulpfec;
 
 pub use group::{fec_count, GroupError, MaskKind};
 pub use recovery::{MediaStatus, RecoveryStats, MAX_PENDING, WINDOW};
-pub use rtp::{RtpError, MAX_PACKET_LEN};
+pub use rtp::{payload_range, zero_extensions, RtpError, MAX_PACKET_LEN};

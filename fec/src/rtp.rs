@@ -174,3 +174,88 @@ mod tests {
         assert_eq!(Some(base), extend(base, 65_535));
     }
 }
+
+/// Zero the values of the header extensions with the given ids (RFC 8285 one- or two-byte
+/// form), leaving their ids and lengths.
+///
+/// libwebrtc's FEC receivers zero the extensions a sender writes after FEC is computed
+/// (transport-wide sequence number, absolute send time, transmission offset) in every media
+/// packet before recovering; a sender that protects its packets must zero the same ones.
+/// A packet without extensions, or with another profile, is left as it is.
+pub fn zero_extensions(packet: &mut [u8], ids: &[u8]) -> Result<(), RtpError> {
+    let layout = check(packet)?;
+    if packet[0] & 0x10 == 0 || ids.is_empty() {
+        return Ok(());
+    }
+    let start = FIXED_HEADER_LEN + 4 * usize::from(packet[0] & 0x0F);
+    let profile = u16::from_be_bytes([packet[start], packet[start + 1]]);
+    let two_byte = match profile {
+        0xBEDE => false,
+        p if p & 0xFFF0 == 0x1000 => true,
+        _ => return Ok(()),
+    };
+    let end = layout.header_len;
+    let mut i = start + 4;
+    while i < end {
+        let b = packet[i];
+        if b == 0 {
+            // Padding between elements.
+            i += 1;
+            continue;
+        }
+        let (id, len, data) = if two_byte {
+            let Some(&len) = packet.get(i + 1) else {
+                break;
+            };
+            (b, usize::from(len), i + 2)
+        } else {
+            if b >> 4 == 15 {
+                break;
+            }
+            (b >> 4, usize::from(b & 0x0F) + 1, i + 1)
+        };
+        if data + len > end {
+            return Err(RtpError::HeaderOverrun);
+        }
+        if ids.contains(&id) {
+            packet[data..data + len].fill(0);
+        }
+        i = data + len;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod zero_tests {
+    use super::*;
+
+    #[test]
+    fn zeroes_only_the_named_one_byte_extensions() {
+        // V=2, X=1; profile 0xBEDE, 2 words: id 1 len 1 [aa], id 3 len 3 [bb cc dd], id 2 len 2 [ee ff]
+        let mut p = vec![
+            0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0xBE, 0xDE, 0, 3, 0x10, 0xAA, 0x32, 0xBB, 0xCC,
+            0xDD, 0x21, 0xEE, 0xFF, 0, 0, 0, 0x42,
+        ];
+        zero_extensions(&mut p, &[3]).expect("valid");
+        assert_eq!(&p[16..25], &[0x10, 0xAA, 0x32, 0, 0, 0, 0x21, 0xEE, 0xFF]);
+        assert_eq!(p[28], 0x42, "payload untouched");
+        // Two-byte form: id 5 len 2.
+        let mut q = vec![
+            0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0x10, 0x00, 0, 1, 5, 2, 0x11, 0x22, 0x99,
+        ];
+        zero_extensions(&mut q, &[5]).expect("valid");
+        assert_eq!(&q[16..21], &[5, 2, 0, 0, 0x99]);
+        // Truncated extension block: an error, no panic.
+        let mut r = vec![
+            0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0xBE, 0xDE, 0, 1, 0x3F,
+        ];
+        assert!(zero_extensions(&mut r, &[3]).is_err());
+    }
+}
+
+/// Where the payload of a well-formed RTP packet is (after CSRCs and header
+/// extension, before padding).
+pub fn payload_range(packet: &[u8]) -> Result<std::ops::Range<usize>, RtpError> {
+    let layout = check(packet)?;
+    Ok(layout.header_len..packet.len() - layout.padding_len)
+}

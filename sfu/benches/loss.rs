@@ -42,8 +42,9 @@ enum Mode {
     None,
     /// NACK/RTX both ways.
     Nack,
-    /// NACK plus redundancy: RED audio from the publisher and from the node.
-    NackRed,
+    /// NACK plus redundancy: RED audio from the publisher and from the
+    /// node, ULPFEC video from the node.
+    NackFec,
 }
 
 impl Mode {
@@ -51,7 +52,7 @@ impl Mode {
         match self {
             Mode::None => "none",
             Mode::Nack => "NACK",
-            Mode::NackRed => "NACK + RED",
+            Mode::NackFec => "NACK + FEC",
         }
     }
 }
@@ -147,9 +148,10 @@ fn run(dir: Dir, rtt: Duration, impair: &LinkConfig, mode: Mode, secs: u64, seed
         delay: HOP,
         resend: match mode {
             Mode::None => None,
-            Mode::Nack | Mode::NackRed => Some(ResendPolicy::default()),
+            Mode::Nack | Mode::NackFec => Some(ResendPolicy::default()),
         },
-        audio_red: mode == Mode::NackRed,
+        audio_red: mode == Mode::NackFec,
+        video_fec: mode == Mode::NackFec,
         ..SimConfig::default()
     });
     let publisher = sim.add_publisher(ROOM, "pub", true, true);
@@ -158,7 +160,7 @@ fn run(dir: Dir, rtt: Duration, impair: &LinkConfig, mode: Mode, secs: u64, seed
     if mode == Mode::None {
         sim.client_mut(publisher).retransmits = false;
     }
-    if mode == Mode::NackRed {
+    if mode == Mode::NackFec {
         // As Chrome sends Opus when RED is negotiated.
         sim.client_mut(publisher).red_blocks = 1;
     }
@@ -246,8 +248,9 @@ fn run(dir: Dir, rtt: Duration, impair: &LinkConfig, mode: Mode, secs: u64, seed
         delivered: seen.len() as f64 / total,
         added_p50: percentile(&delays, 0.5),
         added_p95: percentile(&delays, 0.95),
-        overhead: (dir == Dir::Down && mode != Mode::None)
-            .then(|| stats.nack.resent_bytes as f64 / media_bytes.max(1) as f64),
+        overhead: (dir == Dir::Down && mode != Mode::None).then(|| {
+            (stats.nack.resent_bytes + stats.fec_bytes) as f64 / media_bytes.max(1) as f64
+        }),
     }
 }
 
@@ -274,7 +277,7 @@ fn main() {
     for dir in [Dir::Down, Dir::Up] {
         for rtt in [Duration::from_millis(50), Duration::from_millis(150)] {
             for (name, profile) in &profiles {
-                for mode in [Mode::None, Mode::Nack, Mode::NackRed] {
+                for mode in [Mode::None, Mode::Nack, Mode::NackFec] {
                     let r = run(dir, rtt, profile, mode, secs, 7);
                     println!(
                         "| {} | {} ms | {} | {} | {:.2} % | {:.2} % | {:.2} % | {:.2} % | {} ms | {} ms | {} |",

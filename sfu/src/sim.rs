@@ -34,6 +34,9 @@ use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc};
 
 use meridian_netsim::{Link, LinkConfig};
+use str0m::rtp::RtpPacket;
+
+use crate::core::fec::{mutable_extension_ids, video_fec_pts, FecReceiver};
 
 use crate::core::{
     JoinKind, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output, PeerId,
@@ -73,6 +76,7 @@ pub struct SimConfig {
     pub reconnect_grace: Duration,
     pub resend: Option<ResendPolicy>,
     pub audio_red: bool,
+    pub video_fec: bool,
 }
 
 impl Default for SimConfig {
@@ -87,6 +91,7 @@ impl Default for SimConfig {
             reconnect_grace: node.reconnect_grace,
             resend: node.resend,
             audio_red: node.audio_red,
+            video_fec: node.video_fec,
         }
     }
 }
@@ -156,6 +161,8 @@ pub struct SimClient {
     received: Vec<ReceivedPacket>,
     /// (m-line, sequence number) of everything in `received`.
     seen: std::collections::HashSet<(Mid, u64)>,
+    /// ULPFEC receivers, per receive m-line.
+    fec_rx: std::collections::HashMap<Mid, FecReceiver>,
     keyframe_requests: Vec<(Instant, KeyframeRequest)>,
     signals: Vec<(Instant, PeerSignal)>,
     /// Datagrams from this client to the node.
@@ -179,6 +186,70 @@ pub struct SimClient {
     pub red_blocks: u8,
     /// Its last audio packets (timestamp, payload), for RED.
     sent_audio: VecDeque<(u32, Vec<u8>)>,
+    /// Video packets its ULPFEC decoder recovered.
+    pub fec_recovered: u64,
+    /// NACK messages received on its send streams (str0m's egress stats).
+    nacks: std::collections::HashMap<Mid, u64>,
+}
+
+impl SimClient {
+    /// NACK messages its send streams received (as of the last stats event).
+    pub fn nacks_received(&self) -> u64 {
+        self.nacks.values().sum()
+    }
+
+    /// Datagrams its uplink lost (media, RTCP, STUN alike).
+    pub fn datagrams_lost_up(&self) -> u64 {
+        self.up.stats().lost()
+    }
+
+    /// Video in RED: unwrapped and ULPFEC-decoded (`core::fec::FecReceiver`),
+    /// everything new recorded.
+    fn receive_video_red(&mut self, mid: Mid, kind: MediaKind, pkt: &RtpPacket, now: Instant) {
+        let ssrc = *pkt.header.ssrc;
+        if !self.fec_rx.contains_key(&mid) {
+            let Some((_, ulpfec)) = video_fec_pts(&self.rtc, mid) else {
+                return;
+            };
+            let ids = self
+                .rtc
+                .media(mid)
+                .map(|m| mutable_extension_ids(m.remote_extmap()))
+                .unwrap_or_default();
+            self.fec_rx.insert(mid, FecReceiver::new(ulpfec, ssrc, ids));
+        }
+        let Some(rx) = self.fec_rx.get_mut(&mid) else {
+            return;
+        };
+        let mut out = Vec::new();
+        rx.on_red(
+            pkt.header_bytes.as_deref(),
+            *pkt.seq_no,
+            pkt.header.timestamp,
+            pkt.header.marker,
+            &pkt.payload,
+            &mut out,
+        );
+        for u in out {
+            if !self.seen.insert((mid, u.seq)) {
+                continue;
+            }
+            if u.recovered {
+                self.fec_recovered += 1;
+            }
+            self.received.push(ReceivedPacket {
+                mid,
+                kind,
+                ssrc,
+                seq: u.seq,
+                ts: u.ts,
+                pt: u.pt,
+                marker: u.marker,
+                payload: u.payload,
+                at: now,
+            });
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +294,7 @@ impl SimNet {
         node_config.reconnect_grace = config.reconnect_grace;
         node_config.resend = config.resend;
         node_config.audio_red = config.audio_red;
+        node_config.video_fec = config.video_fec;
         let node = Node::new(node_config, start);
         SimNet {
             node,
@@ -460,7 +532,11 @@ impl SimNet {
             auto_subscribe: true,
         };
         let (peer, _participants) = self.node.join(now, req).expect("join");
-        let mut rtc = crate::core::codec::rtc_config().build(now);
+        // Header bytes as received: ULPFEC recovery needs the packets as sent.
+        let mut rtc = crate::core::codec::rtc_config()
+            .keep_rtp_header_bytes(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
         let mut api = rtc.sdp_api();
         let mut outgoing = Vec::new();
@@ -511,6 +587,7 @@ impl SimNet {
             recv_mids: Vec::new(),
             received: Vec::new(),
             seen: Default::default(),
+            fec_rx: Default::default(),
             keyframe_requests: Vec::new(),
             signals: Vec::new(),
             up,
@@ -524,6 +601,8 @@ impl SimNet {
             retransmits: true,
             red_blocks: 0,
             sent_audio: VecDeque::new(),
+            fec_recovered: 0,
+            nacks: Default::default(),
         });
         self.drain_client(id);
         self.drain_node();
@@ -898,6 +977,9 @@ impl SimNet {
                         c.recv_mids.push((m.mid, m.kind));
                     }
                     Event::KeyframeRequest(r) => c.keyframe_requests.push((now, r)),
+                    Event::MediaEgressStats(s) => {
+                        c.nacks.insert(s.mid, s.nacks);
+                    }
                     Event::RtpPacket(pkt) => {
                         let ssrc = pkt.header.ssrc;
                         let Some(mid) = c.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
@@ -908,6 +990,10 @@ impl SimNet {
                             continue;
                         };
                         let pt = pkt.header.payload_type;
+                        if video_fec_pts(&c.rtc, mid).is_some_and(|(red, _)| red == pt) {
+                            c.receive_video_red(mid, kind, &pkt, now);
+                            continue;
+                        }
                         let red_of = c
                             .rtc
                             .codec_config()

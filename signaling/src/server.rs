@@ -237,6 +237,24 @@ async fn metrics(State(state): State<Shared>) -> Response {
         s.bytes_forwarded,
     );
     gauge(
+        "meridian_fec_packets_total",
+        "ULPFEC packets sent to subscribers.",
+        "counter",
+        s.fec_packets,
+    );
+    gauge(
+        "meridian_fec_bytes_total",
+        "ULPFEC payload bytes sent to subscribers.",
+        "counter",
+        s.fec_bytes,
+    );
+    gauge(
+        "meridian_red_recovered_total",
+        "Audio packets recovered from publishers' RED.",
+        "counter",
+        s.red_recovered,
+    );
+    gauge(
         "meridian_keyframe_requests_total",
         "Keyframe requests sent to publishers (after merging).",
         "counter",

@@ -164,6 +164,7 @@ pub fn free_udp() -> SocketAddr {
 }
 
 /// The VP8 + Opus sample made by scripts/make-sample.sh (ffmpeg, libvpx, libopus).
+#[derive(Clone)]
 pub struct Sample {
     pub video: CapturedStream,
     pub audio: CapturedStream,

@@ -7,12 +7,14 @@ use str0m::media::{Mid, Pt};
 use str0m::{Rtc, RtcConfig};
 
 /// The str0m configuration every Meridian peer uses, server or client: RTP
-/// mode, and the codecs we forward (Opus, with RED; VP8, H.264, VP9).
+/// mode, and the codecs we forward (Opus, with RED; VP8, H.264, VP9), with
+/// video RED + ULPFEC (vendored str0m's `video-fec-pts` patch).
 pub fn rtc_config() -> RtcConfig {
     Rtc::builder()
         .set_rtp_mode(true)
         .clear_codecs()
         .enable_opus(true, true)
+        .enable_video_fec(true)
         .enable_vp8(true)
         .enable_h264(true)
         .enable_vp9(true)

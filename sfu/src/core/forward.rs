@@ -92,7 +92,13 @@ impl Forwarder {
             },
             Err(RewriteDrop::StaleSource) => Decision::Drop(DropReason::StaleSource),
             Err(RewriteDrop::BeforeSwitch) => Decision::Drop(DropReason::BeforeSwitch),
+            Err(RewriteDrop::TooLate) => Decision::Drop(DropReason::TooLate),
         }
+    }
+
+    /// Reserves `n` outgoing sequence numbers after the highest sent.
+    pub fn reserve(&mut self, n: u64) -> Option<u64> {
+        self.rewriter.as_mut()?.reserve(n)
     }
 }
 

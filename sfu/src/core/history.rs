@@ -47,14 +47,18 @@ pub struct ResendPolicy {
     pub budget_max: u32,
 }
 
+impl ResendPolicy {
+    pub const DEFAULT: ResendPolicy = ResendPolicy {
+        max_age: Duration::from_millis(1000),
+        max_resends: 4,
+        budget_share: 0.5,
+        budget_max: 256 * 1024,
+    };
+}
+
 impl Default for ResendPolicy {
     fn default() -> Self {
-        ResendPolicy {
-            max_age: Duration::from_millis(1000),
-            max_resends: 4,
-            budget_share: 0.5,
-            budget_max: 256 * 1024,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -148,6 +152,9 @@ struct SeqEntry {
     resends: u8,
     /// NACKed at least once.
     nacked: bool,
+    /// Forwarded after a later packet (it filled a hole: the publisher's
+    /// retransmission): NACKs sent before it could arrive are stale.
+    late: bool,
     /// Skipped: the SFU never received this packet (lost upstream). Filled
     /// in when the publisher's retransmission arrives late.
     hole: bool,
@@ -217,6 +224,7 @@ impl Sequencer {
             len,
         } = p;
         let sent_ms = self.ms(now);
+        let late = matches!(self.max_out, Some(max) if out_seq < max);
         let entry = |out: u64, src: u64, hole: bool| SeqEntry {
             out_seq_plus1: out.wrapping_add(1),
             src_seq: src,
@@ -226,6 +234,7 @@ impl Sequencer {
             resent_ms: 0,
             resends: 0,
             nacked: false,
+            late: late && !hole,
             hole,
         };
         match self.max_out {
@@ -287,10 +296,17 @@ impl Sequencer {
         if age + rtt / 2 > policy.max_age {
             return ResendOutcome::TooLate;
         }
-        if e.resends > 0 {
-            let since = Duration::from_millis(now_ms.wrapping_sub(e.resent_ms) as u64);
-            // A resend less than one RTT old may still arrive: the receiver
-            // re-NACKs on its own timer, which is also ~RTT.
+        // A transmission less than one RTT old may still arrive: a NACK for
+        // it was sent before it could have (the receiver re-NACKs on its own
+        // timer, also ~RTT). For a first transmission in order that cannot
+        // happen; for a resend, or a packet forwarded late, it does.
+        let last = if e.resends > 0 {
+            Some(e.resent_ms)
+        } else {
+            e.late.then_some(e.sent_ms)
+        };
+        if let Some(last) = last {
+            let since = Duration::from_millis(now_ms.wrapping_sub(last) as u64);
             if since < rtt.mul_f32(0.8) {
                 return ResendOutcome::InFlight;
             }
@@ -438,10 +454,13 @@ mod tests {
             s.on_nack(t0, 12, rtt, &policy).0,
             ResendOutcome::MissingUpstream
         );
-        // The publisher's retransmission of 112 arrives and is forwarded late.
+        // The publisher's retransmission of 112 arrives and is forwarded
+        // late; a NACK sent before it could arrive is stale, a later one not.
         s.sent(t0, sp(12, 0, 112, 0, 1000), &policy);
+        assert_eq!(s.on_nack(t0, 12, rtt, &policy).0, ResendOutcome::InFlight);
+        let later = t0 + Duration::from_millis(60);
         assert!(matches!(
-            s.on_nack(t0, 12, rtt, &policy).0,
+            s.on_nack(later, 12, rtt, &policy).0,
             ResendOutcome::Resend { src_seq: 112, .. }
         ));
         assert_eq!(

@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod demux;
+pub mod fec;
 pub mod forward;
 pub mod history;
 pub mod ids;
@@ -63,10 +64,14 @@ pub enum DropReason {
     ChatBufferFull,
     /// A publisher's RED payload that does not parse or wraps another codec.
     BadRed,
+    /// A packet so late that its place in the subscriber's stream is unknown.
+    TooLate,
+    /// A publisher's ULPFEC packet (not used for recovery yet).
+    UpstreamFec,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
         DropReason::BadStun,
@@ -83,6 +88,8 @@ impl DropReason {
         DropReason::ChatRateLimited,
         DropReason::ChatBufferFull,
         DropReason::BadRed,
+        DropReason::TooLate,
+        DropReason::UpstreamFec,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +110,8 @@ impl DropReason {
             DropReason::ChatRateLimited => "chat_rate_limited",
             DropReason::ChatBufferFull => "chat_buffer_full",
             DropReason::BadRed => "bad_red",
+            DropReason::TooLate => "too_late",
+            DropReason::UpstreamFec => "upstream_fec",
         }
     }
 }

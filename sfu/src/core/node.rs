@@ -19,6 +19,7 @@ use tracing::{debug, trace};
 
 use super::codec::{is_keyframe, CodecKind};
 use super::demux::{Demux, DemuxMiss};
+use super::fec::{mutable_extension_ids, video_fec_pts, FecPacket, VideoFec};
 use super::forward::{Decision, Forwarder, FwdPacket};
 use super::history::{
     HistPacket, PacketHistory, ResendOutcome, ResendPolicy, SentPacket, Sequencer,
@@ -87,6 +88,9 @@ pub struct NodeConfig {
     /// Audio to subscribers whose links lose packets goes as RED (when
     /// they negotiated it).
     pub audio_red: bool,
+    /// Video to subscribers whose links lose packets is protected with
+    /// ULPFEC in RED (when they negotiated it).
+    pub video_fec: bool,
 }
 
 impl NodeConfig {
@@ -98,6 +102,7 @@ impl NodeConfig {
             seed: None,
             resend: Some(ResendPolicy::default()),
             audio_red: true,
+            video_fec: true,
         }
     }
 }
@@ -222,6 +227,9 @@ pub struct NodeStats {
     pub keyframe_requests_upstream: u64,
     /// Audio packets recovered from publishers' RED.
     pub red_recovered: u64,
+    /// ULPFEC packets sent to subscribers, and their payload bytes.
+    pub fec_packets: u64,
+    pub fec_bytes: u64,
     pub drops: DropCounters,
     pub nack: NackStats,
 }
@@ -269,6 +277,15 @@ pub struct Node {
     rng: SmallRng,
     /// Scratch for building RED payloads.
     red_buf: Vec<u8>,
+    fec_scratch: Vec<FecPacket>,
+}
+
+/// ULPFEC state for a subscriber's video m-line, if it negotiated
+/// `red/90000` and `ulpfec/90000`.
+fn video_fec_for(rtc: &Rtc, mid: Mid) -> Option<VideoFec> {
+    let (red, ulpfec) = video_fec_pts(rtc, mid)?;
+    let zero_ids = mutable_extension_ids(rtc.media(mid)?.remote_extmap());
+    Some(VideoFec::new(red, ulpfec, zero_ids))
 }
 
 /// A RED payload built for one packet: (level, primary payload type, payload).
@@ -327,6 +344,7 @@ impl Node {
             stats: NodeStats::default(),
             rng,
             red_buf: Vec::new(),
+            fec_scratch: Vec::new(),
         }
     }
 
@@ -849,7 +867,16 @@ impl Node {
         // Each subscriber's loss estimate, and the audio redundancy it gets.
         for p in self.peers.values_mut() {
             if p.loss.close_window(now) {
-                p.red.update(p.loss.estimate(now));
+                let loss = p.loss.estimate(now);
+                p.red.update(loss);
+                for out in &mut p.outs {
+                    let Some(f) = out.fec.as_mut() else { continue };
+                    if f.update(loss) {
+                        if let Some(tx) = p.rtc.direct_api().stream_tx_by_mid(out.mid, None) {
+                            tx.set_tap(f.active);
+                        }
+                    }
+                }
             }
         }
         // Orphaned tracks whose publisher did not come back.
@@ -951,6 +978,12 @@ impl Node {
             match peer.rtc.poll_output() {
                 Ok(str0m::Output::Transmit(t)) => return Output::Transmit(t),
                 Ok(str0m::Output::Timeout(t)) => {
+                    // Everything written is serialized now: FEC for the
+                    // frames that are complete, then tick again to send it.
+                    if Self::write_fec(peer, now, &mut self.fec_scratch, &mut self.stats) {
+                        peer.needs_tick = true;
+                        continue;
+                    }
                     peer.next_timeout = Some(t);
                     peer.dirty = false;
                     self.dirty.pop_front();
@@ -962,6 +995,38 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Feeds what str0m sent on a peer's FEC streams to their encoders and
+    /// writes the FEC packets of completed frames. True if it wrote any.
+    fn write_fec(
+        peer: &mut Peer,
+        now: Instant,
+        scratch: &mut Vec<FecPacket>,
+        stats: &mut NodeStats,
+    ) -> bool {
+        let mut wrote = false;
+        for out in &mut peer.outs {
+            let Some(f) = out.fec.as_mut().filter(|f| f.active) else {
+                continue;
+            };
+            let mut api = peer.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(out.mid, None) else {
+                continue;
+            };
+            while let Some(bytes) = tx.poll_tap() {
+                f.on_tapped(bytes, scratch);
+            }
+            for p in scratch.drain(..) {
+                stats.fec_packets += 1;
+                stats.fec_bytes += p.payload.len() as u64;
+                tx.write_rtp(
+                    RtpWrite::new(f.red_pt, p.seq.into(), p.ts, now, p.payload).nackable(false),
+                );
+                wrote = true;
+            }
+        }
+        wrote
     }
 
     fn next_timeout(&self) -> Instant {
@@ -1245,11 +1310,39 @@ impl Node {
             self.stats.drops.add(DropReason::NoTrack);
             return;
         };
-        let pt = pkt.header.payload_type;
+        let mut pt = pkt.header.payload_type;
         let Some(published) = publisher.published.iter_mut().find(|p| p.mid == mid) else {
             self.stats.drops.add(DropReason::NoTrack);
             return;
         };
+        // Video in RED (a publisher that negotiated ULPFEC wraps every packet):
+        // forward what is inside. Its ULPFEC packets are not used yet.
+        let mut media_payload = pkt.payload.clone();
+        let video_red = publisher
+            .rtc
+            .codec_config()
+            .find(|p| p.pt() == pt)
+            .is_some_and(|p| p.is_video_fec());
+        if video_red {
+            let inner = match pkt.payload.first() {
+                Some(b) if b & 0x80 == 0 => Pt::new_with_value(*b),
+                _ => {
+                    self.stats.drops.add(DropReason::BadRed);
+                    return;
+                }
+            };
+            let is_fec = publisher
+                .rtc
+                .codec_config()
+                .find(|p| p.pt() == inner)
+                .is_some_and(|p| p.is_video_fec());
+            if is_fec {
+                self.stats.drops.add(DropReason::UpstreamFec);
+                return;
+            }
+            pt = inner;
+            media_payload = Arc::from(&pkt.payload[1..]);
+        }
         // The codec of the packet; a RED payload type stands for its primary codec.
         let params = match published.params {
             Some((p, params)) if p == pt => params,
@@ -1303,13 +1396,13 @@ impl Node {
                 seq,
                 ts,
                 marker: pkt.header.marker,
-                payload: pkt.payload.clone(),
+                payload: media_payload.clone(),
             });
         } else {
             let recent = track.audio.get_or_insert_with(AudioRecent::default);
             recent.check_source(source);
             if is_red {
-                let Some(unred) = unred(recent, seq, ts, *params.pt(), &pkt.payload) else {
+                let Some(unred) = unred(recent, seq, ts, *params.pt(), &media_payload) else {
                     self.stats.drops.add(DropReason::BadRed);
                     return;
                 };
@@ -1330,7 +1423,7 @@ impl Node {
                     seq,
                     ts,
                     marker: pkt.header.marker,
-                    payload: pkt.payload.clone(),
+                    payload: media_payload.clone(),
                 });
             }
             for u in units.iter().flatten() {
@@ -1356,7 +1449,7 @@ impl Node {
             };
             // One copy of each video packet for NACKs, shared by all subscribers.
             let generation = match (video, &resend) {
-                (true, Some(_)) => {
+                (true, _) => {
                     let h = track.history.get_or_insert_with(PacketHistory::default);
                     if track.history_source != Some(fwd.source) {
                         h.new_generation();
@@ -1374,6 +1467,8 @@ impl Node {
             };
             // RED payloads built for this packet, by (level, payload type).
             let mut red_built: [Option<BuiltRed>; MAX_LEVEL as usize] = Default::default();
+            // The packet wrapped in video RED (for subscribers getting FEC).
+            let mut video_red: Option<(Pt, Arc<[u8]>)> = None;
             for &(sub_id, mid) in &track.subscribers {
                 let Some(sub) = self.peers.get_mut(&sub_id) else {
                     continue;
@@ -1411,6 +1506,9 @@ impl Node {
                             red: local.red(),
                         };
                         out.pt_map = Some(m);
+                        if video && self.config.video_fec && out.fec.is_none() {
+                            out.fec = video_fec_for(&sub.rtc, mid);
+                        }
                         m
                     }
                 };
@@ -1418,7 +1516,23 @@ impl Node {
                 let mut out_pt = map.out;
                 let mut payload = &unit.payload;
                 let red_payload;
-                if let (Some(red_pt), Some(recent), level @ 1..) = (
+                let fec = out.fec.as_mut().filter(|f| f.active && video);
+                if let Some(f) = &fec {
+                    let wrapped = match &video_red {
+                        Some((p, b)) if *p == map.out => b.clone(),
+                        _ => {
+                            let mut b = Vec::with_capacity(unit.payload.len() + 1);
+                            b.push(*map.out);
+                            b.extend_from_slice(&unit.payload);
+                            let b: Arc<[u8]> = b.into();
+                            video_red = Some((map.out, b.clone()));
+                            b
+                        }
+                    };
+                    red_payload = wrapped;
+                    payload = &red_payload;
+                    out_pt = f.red_pt;
+                } else if let (Some(red_pt), Some(recent), level @ 1..) = (
                     map.red.filter(|_| audio_red),
                     track.audio.as_ref(),
                     sub.red.0,
@@ -1455,7 +1569,8 @@ impl Node {
                         .ext_vals(ext.clone())
                         .nackable(video),
                 );
-                if let (Some(generation), Some(policy)) = (generation, &resend) {
+                if let Some(generation) = generation {
+                    let policy = resend.as_ref().unwrap_or(&ResendPolicy::DEFAULT);
                     out.seq
                         .get_or_insert_with(|| Sequencer::new(SEQUENCER_PACKETS, now))
                         .sent(
@@ -1472,6 +1587,14 @@ impl Node {
                 }
                 if video {
                     sub.loss.sent += 1;
+                }
+                if let Some(f) = fec {
+                    let n = f.on_media(unit.marker, sub.loss.estimate(now));
+                    if n > 0 {
+                        if let Some(first) = out.fwd.reserve(n as u64) {
+                            f.add_job(out_seq, first, n, out_ts);
+                        }
+                    }
                 }
                 self.stats.rtp_forwarded += 1;
                 self.stats.bytes_forwarded += payload.len() as u64;
@@ -1494,9 +1617,10 @@ impl Node {
         let now = self.now;
         let nack = &mut self.stats.nack;
         nack.requested += req.seq_nos.len() as u64;
-        let Some(policy) = self.config.resend else {
-            return;
-        };
+        // Without a policy NACKs are still counted (they measure the
+        // subscriber's loss) but not answered.
+        let answer = self.config.resend.is_some();
+        let policy = self.config.resend.unwrap_or_default();
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
@@ -1536,6 +1660,9 @@ impl Node {
             let (outcome, first) = seq.on_nack(now, *out_seq, rtt, &policy);
             if first {
                 loss.lost += 1;
+            }
+            if !answer {
+                continue;
             }
             let (src_seq, generation, out_ts) = match outcome {
                 ResendOutcome::Resend {
@@ -1829,6 +1956,7 @@ fn new_out(mid: Mid, kind: MediaKind, source: Option<TrackId>, rng: &mut SmallRn
         fwd: Forwarder::new(first_seq, first_ts),
         pt_map: None,
         seq: None,
+        fec: None,
     }
 }
 

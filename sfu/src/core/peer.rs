@@ -9,6 +9,7 @@ use str0m::format::PayloadParams;
 use str0m::media::{MediaKind, Mid, Pt};
 use str0m::Rtc;
 
+use super::fec::VideoFec;
 use super::forward::Forwarder;
 use super::history::Sequencer;
 use super::ids::{PeerId, RoomId, TrackId};
@@ -56,6 +57,8 @@ pub(crate) struct OutTrack {
     pub pt_map: Option<PtMap>,
     /// Outgoing sequence number → history, for NACKs (video, on first packet).
     pub seq: Option<Sequencer>,
+    /// ULPFEC towards this subscriber, if it negotiated it (video).
+    pub fec: Option<VideoFec>,
 }
 
 #[derive(Debug)]

@@ -10,6 +10,7 @@
 //! passes str0m's extended sequence numbers and RTP times), as mediasoup's
 //! SeqManager and LiveKit's RTPMunger do with their own unwrapping.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Identifies an upstream source. A change of source re-anchors the mapping.
@@ -45,15 +46,27 @@ pub enum RewriteDrop {
     StaleSource,
     /// From before the point where this source was anchored.
     BeforeSwitch,
+    /// So late that the numbers reserved since cannot be accounted for.
+    TooLate,
 }
 
 #[derive(Debug)]
 struct Anchor {
     source: SourceKey,
+    /// Offset of packets after the last reservation.
     seq_offset: u64,
     ts_offset: u64,
     first_in_seq: u64,
+    max_in_seq: u64,
+    /// Outgoing numbers reserved (for FEC packets) after incoming `.0`:
+    /// packets before it use `seq_offset` minus the later reservations.
+    reserved: VecDeque<(u64, u64)>,
+    /// Packets before this lost their reservation record: too late to map.
+    forgotten_before: u64,
 }
+
+/// Reservations remembered per source (a frame each: ~2 s of video).
+const MAX_RESERVATIONS: usize = 64;
 
 /// Maps one or more upstream sources onto one continuous outgoing stream.
 #[derive(Debug)]
@@ -91,6 +104,23 @@ impl StreamRewriter {
         }
     }
 
+    /// Reserves `n` outgoing sequence numbers right after the highest one
+    /// sent (for packets the SFU adds, such as FEC), shifting the packets
+    /// that follow. Returns the first, or `None` before the first packet.
+    pub fn reserve(&mut self, n: u64) -> Option<u64> {
+        let a = self.anchor.as_mut()?;
+        let first = self.max_out_seq.wrapping_add(1);
+        self.max_out_seq = self.max_out_seq.wrapping_add(n);
+        a.seq_offset = a.seq_offset.wrapping_add(n);
+        if a.reserved.len() >= MAX_RESERVATIONS {
+            if let Some((after, _)) = a.reserved.pop_front() {
+                a.forgotten_before = after;
+            }
+        }
+        a.reserved.push_back((a.max_in_seq + 1, n));
+        Some(first)
+    }
+
     /// Forwarding stopped (mute, layer pause); the next packet re-anchors.
     pub fn discontinuity(&mut self) {
         self.resync = true;
@@ -105,11 +135,22 @@ impl StreamRewriter {
         if !same_source || self.resync {
             self.reanchor(p);
         }
-        let a = self.anchor.as_ref().expect("anchored above");
+        let a = self.anchor.as_mut().expect("anchored above");
         if p.seq < a.first_in_seq {
             return Err(RewriteDrop::BeforeSwitch);
         }
-        let seq = p.seq.wrapping_add(a.seq_offset);
+        if p.seq < a.forgotten_before {
+            return Err(RewriteDrop::TooLate);
+        }
+        let mut seq_offset = a.seq_offset;
+        for &(after, n) in a.reserved.iter().rev() {
+            if p.seq >= after {
+                break;
+            }
+            seq_offset = seq_offset.wrapping_sub(n);
+        }
+        a.max_in_seq = a.max_in_seq.max(p.seq);
+        let seq = p.seq.wrapping_add(seq_offset);
         let ts = p.ts.wrapping_add(a.ts_offset);
         if seq > self.max_out_seq || self.max_out_seq == u64::MAX {
             self.max_out_seq = seq;
@@ -145,6 +186,9 @@ impl StreamRewriter {
             seq_offset: out_seq.wrapping_sub(p.seq),
             ts_offset: out_ts.wrapping_sub(p.ts),
             first_in_seq: p.seq,
+            max_in_seq: p.seq,
+            reserved: VecDeque::new(),
+            forgotten_before: 0,
         });
         self.resync = false;
     }
@@ -168,6 +212,26 @@ mod tests {
             ts,
             arrival: t0 + Duration::from_millis(ms),
         }
+    }
+
+    #[test]
+    fn reserved_numbers_shift_later_packets_but_not_late_ones() {
+        let t0 = Instant::now();
+        let mut r = StreamRewriter::new(90_000, 100, 0);
+        assert_eq!(r.reserve(2), None, "nothing to reserve after yet");
+        let s = |r: &mut StreamRewriter, seq: u64| r.rewrite(&pkt(src(1), seq, seq * 10, t0, 0));
+        assert_eq!(s(&mut r, 10).unwrap().seq, 100);
+        // 11 is lost upstream; 12 ends a frame, two FEC packets follow it.
+        assert_eq!(s(&mut r, 12).unwrap().seq, 102);
+        assert_eq!(r.reserve(2), Some(103));
+        assert_eq!(s(&mut r, 13).unwrap().seq, 105);
+        // The publisher's retransmission of 11 keeps its place.
+        assert_eq!(s(&mut r, 11).unwrap().seq, 101);
+        for _ in 0..MAX_RESERVATIONS {
+            r.reserve(1);
+        }
+        assert_eq!(s(&mut r, 11), Err(RewriteDrop::TooLate));
+        assert_eq!(s(&mut r, 14).unwrap().seq, 106 + MAX_RESERVATIONS as u64);
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub struct RtcConfig {
     pub(crate) sctp_max_message_size: u32,
     pub(crate) rtp_mode: bool,
     pub(crate) enable_raw_packets: bool,
+    pub(crate) keep_rtp_header_bytes: bool,
     pub(crate) dtls_version: DtlsVersion,
     pub(crate) vp9_packetizer_mode: Vp9PacketizerMode,
     pub(crate) snap_enabled: bool,
@@ -318,6 +319,13 @@ impl RtcConfig {
     /// Enabled by default.
     pub fn enable_vp8(mut self, enabled: bool) -> Self {
         self.codec_config.enable_vp8(enabled);
+        self
+    }
+
+    /// MERIDIAN PATCH (video-fec-pts): negotiate `red/90000` and
+    /// `ulpfec/90000` in video m-lines. See `CodecConfig::enable_video_fec`.
+    pub fn enable_video_fec(mut self, enabled: bool) -> Self {
+        self.codec_config.enable_video_fec(enabled);
         self
     }
 
@@ -760,6 +768,14 @@ impl RtcConfig {
         self
     }
 
+    /// MERIDIAN PATCH (rx-header-bytes): in RTP mode, keep each received
+    /// packet's header bytes in [`RtpPacket::header_bytes`][crate::rtp::RtpPacket].
+    /// Costs one small allocation per packet.
+    pub fn keep_rtp_header_bytes(mut self, enabled: bool) -> Self {
+        self.keep_rtp_header_bytes = enabled;
+        self
+    }
+
     /// Enable SNAP (SCTP Negotiation Acceleration Protocol).
     ///
     /// When enabled, the `a=sctp-init` attribute is included in outgoing SDP
@@ -906,6 +922,7 @@ impl Default for RtcConfig {
             sctp_max_message_size: crate::sctp::LOCAL_MAX_MESSAGE_SIZE,
             rtp_mode: false,
             enable_raw_packets: false,
+            keep_rtp_header_bytes: false,
             dtls_version: DtlsVersion::Dtls12,
             vp9_packetizer_mode: Vp9PacketizerMode::default(),
             snap_enabled: false,

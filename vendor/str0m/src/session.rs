@@ -120,6 +120,7 @@ pub(crate) struct Session {
 
     /// Whether we are running in RTP-mode.
     pub rtp_mode: bool,
+    keep_rtp_header_bytes: bool,
 
     /// VP9 packetizer mode.
     vp9_packetizer_mode: Vp9PacketizerMode,
@@ -213,6 +214,7 @@ impl Session {
             media_bytes_tx: 0,
             ice_lite: config.ice_lite,
             rtp_mode: config.rtp_mode,
+            keep_rtp_header_bytes: config.keep_rtp_header_bytes,
             vp9_packetizer_mode: config.vp9_packetizer_mode,
             feedback_tx: VecDeque::new(),
             feedback_rx: VecDeque::new(),
@@ -851,7 +853,13 @@ impl Session {
         // only the trimmed payload bytes out of the SRTP scratch buffer.
         let payload: Arc<[u8]> = Arc::from(data);
 
-        let packet = stream.handle_rtp(now, header, payload, seq_no, receipt.time, rx_bytes);
+        let header_len = header.header_len;
+        let mut packet = stream.handle_rtp(now, header, payload, seq_no, receipt.time, rx_bytes);
+
+        // MERIDIAN PATCH (rx-header-bytes)
+        if self.rtp_mode && self.keep_rtp_header_bytes && !is_repair && header_len <= buf.len() {
+            packet.header_bytes = Some(Arc::from(&buf[..header_len]));
+        }
 
         if self.rtp_mode {
             // In RTP mode, we store the packet temporarily here for the next poll_output().

@@ -88,6 +88,10 @@ pub enum Codec {
     /// it appears in `a=rtpmap` lines and wraps a primary audio codec.
     #[doc(hidden)]
     Red,
+    /// MERIDIAN PATCH (video-fec-pts): RFC 5109 ULPFEC. Like `Red`, not a codec;
+    /// negotiated for video next to a standalone `red/90000` it travels in.
+    #[doc(hidden)]
+    Ulpfec,
     /// For RTP mode. No codec.
     #[doc(hidden)]
     Null,
@@ -145,6 +149,7 @@ impl<'a> From<&'a str> for Codec {
             "telephone-event" => Codec::Tele,
             "rtx" => Codec::Rtx, // resends
             "red" => Codec::Red, // RFC 2198 redundancy
+            "ulpfec" => Codec::Ulpfec, // RFC 5109 FEC
             _ => Codec::Unknown,
         }
     }
@@ -168,6 +173,7 @@ impl fmt::Display for Codec {
             Codec::Tele => write!(f, "telephone-event"),
             Codec::Rtx => write!(f, "rtx"),
             Codec::Red => write!(f, "red"),
+            Codec::Ulpfec => write!(f, "ulpfec"),
             Codec::Null => write!(f, "null"),
             Codec::Unknown => write!(f, "unknown"),
         }

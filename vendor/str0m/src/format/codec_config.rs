@@ -62,6 +62,10 @@ pub(crate) const PT_OPUS: Pt = Pt::new_with_value(111);
 /// during negotiation, mirroring RTX. They stay below 64 so they are never mistaken for RTCP by
 /// the RTP/RTCP demultiplexer (which reserves payload types 64..=95, see `MultiplexKind`).
 pub(crate) const PT_RED: Pt = Pt::new_with_value(63);
+// MERIDIAN PATCH (video-fec-pts): libwebrtc's usual numbers.
+pub(crate) const PT_VIDEO_RED: Pt = Pt::new_with_value(116);
+pub(crate) const PT_VIDEO_RED_RTX: Pt = Pt::new_with_value(117);
+pub(crate) const PT_ULPFEC: Pt = Pt::new_with_value(118);
 pub(crate) const PT_G722_RED: Pt = Pt::new_with_value(62);
 pub(crate) const PT_PCMU_RED: Pt = Pt::new_with_value(61);
 pub(crate) const PT_PCMA_RED: Pt = Pt::new_with_value(60);
@@ -294,6 +298,33 @@ impl CodecConfig {
                 octet_align: Some(true),
                 ..Default::default()
             },
+        );
+    }
+
+    /// MERIDIAN PATCH (video-fec-pts): offer and accept `red/90000` (with RTX)
+    /// and `ulpfec/90000` in video m-lines, as libwebrtc does. str0m only
+    /// negotiates them; building RED and ULPFEC packets is the application's
+    /// job (RTP mode).
+    pub fn enable_video_fec(&mut self, enabled: bool) {
+        self.params.retain(|c| !c.is_video_fec());
+        if !enabled {
+            return;
+        }
+        self.add_config(
+            PT_VIDEO_RED,
+            Some(PT_VIDEO_RED_RTX),
+            Codec::Red,
+            Frequency::NINETY_KHZ,
+            None,
+            FormatParams::default(),
+        );
+        self.add_config(
+            PT_ULPFEC,
+            None,
+            Codec::Ulpfec,
+            Frequency::NINETY_KHZ,
+            None,
+            FormatParams::default(),
         );
     }
 
@@ -575,7 +606,7 @@ impl CodecConfig {
 
         self.params.iter().filter(move |p| {
             if kind == MediaKind::Video {
-                p.spec.codec.is_video()
+                p.spec.codec.is_video() || p.is_video_fec()
             } else {
                 p.spec.codec.is_audio()
                     || (p.spec.codec.is_tele()

@@ -5,7 +5,7 @@ use std::ops::RangeInclusive;
 use crate::packet::H264ProfileLevel;
 use crate::packet::H265ProfileTierLevel;
 use crate::packet::H266ProfileTierLevel;
-use crate::rtp_::Pt;
+use crate::rtp_::{Frequency, Pt};
 
 use super::codec::{Codec, CodecSpec};
 use super::format_params::FormatParams;
@@ -275,6 +275,13 @@ impl PayloadParams {
     /// The RFC 2198 RED payload type wrapping this primary codec, if negotiated.
     pub fn red(&self) -> Option<Pt> {
         self.red
+    }
+
+    /// MERIDIAN PATCH (video-fec-pts): a standalone video `red/90000` or
+    /// `ulpfec/90000` format, negotiated in video m-lines like a codec.
+    pub fn is_video_fec(&self) -> bool {
+        matches!(self.spec.codec, Codec::Red | Codec::Ulpfec)
+            && self.spec.clock_rate == Frequency::NINETY_KHZ
     }
 
     pub(crate) fn match_score(&self, o: &PayloadParams) -> Option<usize> {

@@ -404,6 +404,9 @@ impl MediaLine {
                 c.codec.is_audio()
                     || c.codec.is_video()
                     || (c.codec.is_tele() && self.pts.contains(pt))
+                    // MERIDIAN PATCH (video-fec-pts)
+                    || (matches!(c.codec, Codec::Red | Codec::Ulpfec)
+                        && c.clock_rate == Frequency::NINETY_KHZ)
             })
             .filter_map(|(pt, c)| {
                 let mut p = PayloadParams::new(*pt, None, (*c).into());

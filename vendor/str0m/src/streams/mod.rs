@@ -76,6 +76,12 @@ pub struct RtpPacket {
     /// This is often false for audio, but might also be false for discardable frames when
     /// using temporal encoding as in a VP8 simulcast situation.
     pub(crate) nackable: bool,
+
+    /// MERIDIAN PATCH (rx-header-bytes): the RTP header exactly as received
+    /// (fixed header, CSRCs, extensions), for packets that arrived on their own
+    /// SSRC (not repaired from RTX), when `RtcConfig::keep_rtp_header_bytes`
+    /// is on. FEC receivers need the packet bytes as sent.
+    pub header_bytes: Option<Arc<[u8]>>,
 }
 
 /// Event when an encoded stream is considered paused/unpaused.
@@ -112,6 +118,7 @@ impl RtpPacket {
             vp8_patch: None,
             nackable: false,
             last_sender_info: None,
+            header_bytes: None,
             timestamp: already_happened(),
         }
     }

@@ -629,6 +629,7 @@ impl StreamRx {
             vp8_patch: None,
             nackable: false,
             last_sender_info: self.sender_info.as_ref().map(|l| l.info),
+            header_bytes: None,
             timestamp: now,
         }
     }

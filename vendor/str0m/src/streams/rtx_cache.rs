@@ -93,6 +93,7 @@ mod test {
             vp8_patch: None,
             timestamp: after(now, millis),
             last_sender_info: None,
+            header_bytes: None,
             nackable: true,
         }
     }

@@ -148,6 +148,10 @@ pub struct StreamTx {
     /// The application retransmission being serialized by `poll_packet`.
     app_resend_slot: Option<RtpPacket>,
 
+    /// MERIDIAN PATCH (tx-tap): copies of regular packets as serialized
+    /// (plaintext, before SRTP), for FEC over the bytes sent.
+    tap: Option<VecDeque<Vec<u8>>>,
+
     /// Requested padding, that has not been turned into packets yet.
     padding: usize,
 
@@ -394,6 +398,7 @@ impl StreamTx {
             nacks_for_app: Vec::new(),
             app_resends: VecDeque::new(),
             app_resend_slot: None,
+            tap: None,
             padding: 0,
             blank_packet: RtpPacket::blank(),
             rtx_cache: RtxCache::new(2000, DEFAULT_RTX_CACHE_DURATION),
@@ -536,6 +541,18 @@ impl StreamTx {
         self.app_resends.push_back(packet);
     }
 
+    /// MERIDIAN PATCH (tx-tap): keep a copy of every regular (not resent, not
+    /// padding) packet as serialized, header extensions included, before
+    /// SRTP. At most 512 are kept; take them with [`StreamTx::poll_tap`].
+    pub fn set_tap(&mut self, enabled: bool) {
+        self.tap = enabled.then(VecDeque::new);
+    }
+
+    /// MERIDIAN PATCH (tx-tap): the oldest tapped packet, if any.
+    pub fn poll_tap(&mut self) -> Option<Vec<u8>> {
+        self.tap.as_mut()?.pop_front()
+    }
+
     fn rtp_write_to_packet(&mut self, rtp: RtpWrite, is_resend: bool) -> RtpPacket {
         let RtpWrite {
             pt,
@@ -599,6 +616,7 @@ impl StreamTx {
 
             // This is only relevant for incoming RTP packets.
             last_sender_info: None,
+            header_bytes: None,
         };
 
         packet
@@ -820,6 +838,8 @@ impl StreamTx {
 
         buf.truncate(header_len + body_len);
 
+        let tap_this = next.kind == NextPacketKind::Regular;
+
         #[cfg(feature = "_internal_dont_use_log_stats")]
         {
             let queued_at = match next.kind {
@@ -855,6 +875,14 @@ impl StreamTx {
 
         if set_cr.is_some() && self.clock_rate != set_cr {
             self.clock_rate = set_cr;
+        }
+
+        // MERIDIAN PATCH (tx-tap)
+        if let (Some(tap), true) = (self.tap.as_mut(), tap_this) {
+            if tap.len() >= 512 {
+                tap.pop_front();
+            }
+            tap.push_back(buf.clone());
         }
 
         if pop_send_queue {

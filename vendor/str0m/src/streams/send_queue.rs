@@ -220,6 +220,7 @@ mod test {
             vp8_patch: None,
             timestamp: Instant::now(),
             last_sender_info: None,
+            header_bytes: None,
             nackable: true,
         });
 
@@ -256,6 +257,7 @@ mod test {
             vp8_patch: None,
             timestamp: start,
             last_sender_info: None,
+            header_bytes: None,
             nackable: true,
         });
 
@@ -294,6 +296,7 @@ mod test {
             vp8_patch: None,
             timestamp: start,
             last_sender_info: None,
+            header_bytes: None,
             nackable: true,
         });
         queue.push(RtpPacket {
@@ -304,6 +307,7 @@ mod test {
             vp8_patch: None,
             timestamp: start,
             last_sender_info: None,
+            header_bytes: None,
             nackable: true,
         });
         queue.push(RtpPacket {
@@ -314,6 +318,7 @@ mod test {
             vp8_patch: None,
             timestamp: start,
             last_sender_info: None,
+            header_bytes: None,
             nackable: true,
         });
 

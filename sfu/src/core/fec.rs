@@ -1,0 +1,314 @@
+//! Video FEC towards one subscriber: ULPFEC (RFC 5109) in RED (RFC 2198), the
+//! form Chrome decodes without any setting.
+//!
+//! While a subscriber's link loses packets (its `LossEstimate` at or above
+//! [`FEC_FROM_LOSS`]) and it negotiated `red/90000` + `ulpfec/90000`, every
+//! video packet to it goes RED-wrapped, and after each frame (the marker
+//! packet, or 48 packets) the node sends FEC packets protecting that frame's
+//! packets. They ride the media SSRC, so their sequence numbers are reserved
+//! in the subscriber's rewriter when the frame ends (`Forwarder::reserve`).
+//!
+//! ULPFEC covers the packet bytes as sent, header extensions included, so the
+//! FEC is computed over str0m's own serialization (its `tx-tap` patch): each
+//! tapped RED packet is turned back into the plain packet ULPFEC protects
+//! (`red::unwrap_packet`), the extensions libwebrtc zeroes before recovery
+//! (transport-wide sequence number, absolute send time) are zeroed, and it is
+//! added to the encoder. When the tap reaches a frame's last packet, that
+//! frame's FEC packets are built and written with the reserved numbers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use meridian_fec::ulpfec::{UlpfecDecoder, UlpfecEncoder};
+use meridian_fec::{fec_count, red, zero_extensions, MaskKind};
+use str0m::media::Pt;
+
+/// Loss at which FEC starts (and below half of which it stops).
+pub const FEC_FROM_LOSS: f32 = 0.02;
+
+/// Most media packets one FEC group protects (ULPFEC's 48-bit mask).
+const MAX_GROUP: usize = 48;
+
+/// FEC packets per media packet for a given loss: enough that one frame of a
+/// few packets gets one or two, capped so FEC never doubles the stream.
+pub fn protection_rate(loss: f32) -> f64 {
+    (0.1 + 3.0 * f64::from(loss)).min(0.6)
+}
+
+/// FEC packets promised for a frame whose packets are not all tapped yet.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    /// Sequence number (16-bit, as on the wire) of the frame's last packet.
+    last_seq: u16,
+    first_fec_seq: u64,
+    count: usize,
+    ts: u32,
+}
+
+/// One FEC packet to write: its reserved sequence number, timestamp and RED
+/// payload.
+#[derive(Debug)]
+pub struct FecPacket {
+    pub seq: u64,
+    pub ts: u32,
+    pub payload: Arc<[u8]>,
+}
+
+/// The video FEC state of one subscriber stream.
+#[derive(Debug)]
+pub struct VideoFec {
+    pub red_pt: Pt,
+    pub ulpfec_pt: Pt,
+    /// Header extension ids to zero (transport-cc, abs-send-time).
+    zero_ids: Vec<u8>,
+    pub active: bool,
+    encoder: UlpfecEncoder,
+    jobs: VecDeque<Job>,
+    group_len: usize,
+    scratch: Vec<Vec<u8>>,
+    plain: Vec<u8>,
+    /// FEC payload bytes sent.
+    pub fec_bytes: u64,
+    pub fec_packets: u64,
+}
+
+impl VideoFec {
+    pub fn new(red_pt: Pt, ulpfec_pt: Pt, zero_ids: Vec<u8>) -> Self {
+        VideoFec {
+            red_pt,
+            ulpfec_pt,
+            zero_ids,
+            active: false,
+            encoder: UlpfecEncoder::new(),
+            jobs: VecDeque::new(),
+            group_len: 0,
+            scratch: Vec::new(),
+            plain: Vec::new(),
+            fec_bytes: 0,
+            fec_packets: 0,
+        }
+    }
+
+    /// Turns FEC on or off from the subscriber's loss, with hysteresis.
+    /// Returns true if it changed.
+    pub fn update(&mut self, loss: f32) -> bool {
+        let active = if self.active {
+            loss >= FEC_FROM_LOSS / 2.0
+        } else {
+            loss >= FEC_FROM_LOSS
+        };
+        let changed = active != self.active;
+        self.active = active;
+        if changed {
+            self.encoder.clear();
+            self.jobs.clear();
+            self.group_len = 0;
+        }
+        changed
+    }
+
+    /// A RED-wrapped media packet went out. At a frame's end (or a full
+    /// group) returns how many FEC packets to reserve after it.
+    pub fn on_media(&mut self, marker: bool, loss: f32) -> usize {
+        self.group_len += 1;
+        if !marker && self.group_len < MAX_GROUP {
+            return 0;
+        }
+        let n = fec_count(self.group_len, protection_rate(loss));
+        self.group_len = 0;
+        n
+    }
+
+    /// FEC packets were reserved after the media packet `last_seq`.
+    pub fn add_job(&mut self, last_seq: u64, first_fec_seq: u64, count: usize, ts: u32) {
+        if count == 0 {
+            return;
+        }
+        // Bounded: a stream whose packets are never tapped must not grow this.
+        if self.jobs.len() >= 64 {
+            self.jobs.pop_front();
+        }
+        self.jobs.push_back(Job {
+            last_seq: last_seq as u16,
+            first_fec_seq,
+            count,
+            ts,
+        });
+    }
+
+    /// One packet as str0m serialized it. Media is added to the current
+    /// group; when it ends a job's frame, that job's FEC packets go to `out`.
+    pub fn on_tapped(&mut self, mut bytes: Vec<u8>, out: &mut Vec<FecPacket>) {
+        let Ok(inner) = red::unwrap_packet(&bytes, &mut self.plain) else {
+            return;
+        };
+        if inner == *self.ulpfec_pt || bytes.len() < 12 {
+            return; // our own FEC packet, or not RED-wrapped media
+        }
+        let seq = u16::from_be_bytes([bytes[2], bytes[3]]);
+        bytes.clear();
+        if zero_extensions(&mut self.plain, &self.zero_ids).is_err() {
+            return;
+        }
+        if self.encoder.add_media(&self.plain).is_err() {
+            // Out of the group's span: start over with this packet.
+            self.encoder.clear();
+            let _ = self.encoder.add_media(&self.plain);
+        }
+        // Jobs whose frame went by without us seeing its end are dropped.
+        while let Some(job) = self.jobs.front().copied() {
+            let behind = job.last_seq.wrapping_sub(seq) as i16;
+            if behind > 0 {
+                return; // this job's frame is not complete yet
+            }
+            self.jobs.pop_front();
+            if behind < 0 {
+                continue;
+            }
+            let made = self
+                .encoder
+                .generate(job.count, MaskKind::Interleaved, &mut self.scratch);
+            for (k, fec) in self.scratch.iter().take(made).enumerate() {
+                let mut payload = Vec::with_capacity(fec.len() + 1);
+                // RED with one (primary) block: the ULPFEC payload type.
+                payload.push(*self.ulpfec_pt);
+                payload.extend_from_slice(fec);
+                self.fec_bytes += payload.len() as u64;
+                self.fec_packets += 1;
+                out.push(FecPacket {
+                    seq: job.first_fec_seq + k as u64,
+                    ts: job.ts,
+                    payload: payload.into(),
+                });
+            }
+            return;
+        }
+    }
+}
+
+/// A video packet a receiver got out of RED: as sent, or rebuilt by ULPFEC.
+#[derive(Debug, Clone)]
+pub struct Unwrapped {
+    pub seq: u64,
+    pub ts: u32,
+    pub pt: u8,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+    pub recovered: bool,
+}
+
+/// The receiving side of [`VideoFec`], as libwebrtc does it, for Meridian's
+/// own clients (the sim, `meridian-client`): media in RED is unwrapped and
+/// fed to the ULPFEC decoder (with the extensions the sender zeroed,
+/// zeroed), FEC packets are fed to it, and what it rebuilds comes out too.
+#[derive(Debug)]
+pub struct FecReceiver {
+    ulpfec_pt: u8,
+    zero_ids: Vec<u8>,
+    decoder: UlpfecDecoder,
+    full: Vec<u8>,
+    plain: Vec<u8>,
+    rebuilt: Vec<u8>,
+}
+
+impl FecReceiver {
+    pub fn new(ulpfec_pt: Pt, media_ssrc: u32, zero_ids: Vec<u8>) -> Self {
+        FecReceiver {
+            ulpfec_pt: *ulpfec_pt,
+            zero_ids,
+            decoder: UlpfecDecoder::new(media_ssrc),
+            full: Vec::new(),
+            plain: Vec::new(),
+            rebuilt: Vec::new(),
+        }
+    }
+
+    /// One received packet on the video RED payload type: `header` is its
+    /// RTP header as received (`None` for a packet repaired from RTX, which
+    /// is delivered but not decoded), `seq` its extended sequence number.
+    pub fn on_red(
+        &mut self,
+        header: Option<&[u8]>,
+        seq: u64,
+        ts: u32,
+        marker: bool,
+        payload: &[u8],
+        out: &mut Vec<Unwrapped>,
+    ) {
+        let Some(&inner) = payload.first() else {
+            return;
+        };
+        if inner & 0x80 != 0 {
+            return; // redundant blocks: not what a video sender makes
+        }
+        if let Some(header) = header {
+            self.full.clear();
+            self.full.extend_from_slice(header);
+            self.full.extend_from_slice(payload);
+            if let Ok(pt) = red::unwrap_packet(&self.full, &mut self.plain) {
+                if pt == self.ulpfec_pt {
+                    let _ = self.decoder.handle_fec(&self.plain[header.len()..]);
+                } else if zero_extensions(&mut self.plain, &self.zero_ids).is_ok() {
+                    let _ = self.decoder.handle_media(&self.plain);
+                }
+            }
+        }
+        if inner != self.ulpfec_pt {
+            out.push(Unwrapped {
+                seq,
+                ts,
+                pt: inner,
+                marker,
+                payload: Arc::from(&payload[1..]),
+                recovered: false,
+            });
+        }
+        while let Some(rseq) = self.decoder.poll_recovered(&mut self.rebuilt) {
+            let Ok(range) = meridian_fec::payload_range(&self.rebuilt) else {
+                continue;
+            };
+            let b = &self.rebuilt;
+            // Extend the 16-bit number next to this packet's.
+            let delta = rseq.wrapping_sub(seq as u16) as i16;
+            let Some(rseq) = seq.checked_add_signed(i64::from(delta)) else {
+                continue;
+            };
+            out.push(Unwrapped {
+                seq: rseq,
+                ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                pt: b[1] & 0x7f,
+                marker: b[1] & 0x80 != 0,
+                payload: Arc::from(&b[range]),
+                recovered: true,
+            });
+        }
+    }
+}
+
+/// Extension ids whose values a FEC sender zeroes (see `VideoFec`).
+pub fn mutable_extension_ids(exts: &str0m::rtp::ExtensionMap) -> Vec<u8> {
+    [
+        str0m::rtp::Extension::TransportSequenceNumber,
+        str0m::rtp::Extension::AbsoluteSendTime,
+    ]
+    .into_iter()
+    .filter_map(|e| exts.id_of(e))
+    .collect()
+}
+
+/// The video RED and ULPFEC payload types `rtc` negotiated on `mid`.
+pub fn video_fec_pts(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<(Pt, Pt)> {
+    let media = rtc.media(mid)?;
+    let negotiated = |codec: str0m::format::Codec| {
+        rtc.codec_config()
+            .params()
+            .iter()
+            .find(|p| p.is_video_fec() && p.spec().codec == codec)
+            .map(|p| p.pt())
+            .filter(|pt| media.remote_pts().contains(pt))
+    };
+    Some((
+        negotiated(str0m::format::Codec::Red)?,
+        negotiated(str0m::format::Codec::Ulpfec)?,
+    ))
+}
