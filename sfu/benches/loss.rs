@@ -8,6 +8,8 @@
 //! publisher's for "up"); its one-way delay is half the RTT, the other hop
 //! takes 1 ms.
 //!
+//! Each row first runs 3 s of media over the impaired link, not counted (the
+//! node's loss estimate takes 1–2 s to turn RED and FEC on), then measures.
 //! For each row: media packets delivered in time for a 200 ms-deep jitter
 //! buffer (arrival ≤ path delay + 200 ms after the publisher sent it), all
 //! delivered, and the latency added by recovery (arrival − path delay, p50
@@ -29,6 +31,9 @@ const FRAME: Duration = Duration::from_micros(33_333);
 const AUDIO_FRAME: Duration = Duration::from_millis(20);
 const JITTER_BUFFER: Duration = Duration::from_millis(200);
 const HOP: Duration = Duration::from_millis(1);
+/// Media on the impaired link before measuring: long enough for the node's
+/// loss estimate (1 s windows) to turn redundancy on.
+const WARMUP: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Dir {
@@ -183,22 +188,31 @@ fn run(dir: Dir, rtt: Duration, impair: &LinkConfig, mode: Mode, secs: u64, seed
         rng: seed,
     };
     let start = sim.now();
-    let end = start + Duration::from_secs(secs);
     let (mut next_video, mut next_audio) = (start, start);
-    let forwarded_before = sim.stats().bytes_forwarded;
+    let mut media_until = |sim: &mut SimNet, src: &mut Source, end: Instant| {
+        while sim.now() < end {
+            let next = next_video.min(next_audio);
+            sim.run_until(next);
+            if next_video <= sim.now() {
+                src.video_frame(sim);
+                next_video += FRAME;
+            }
+            if next_audio <= sim.now() {
+                src.audio_frame(sim);
+                next_audio += AUDIO_FRAME;
+            }
+        }
+    };
+    // Warm-up on the impaired link (not counted): the node learns the loss.
+    media_until(&mut sim, &mut src, start + WARMUP);
+    src.sent.clear();
+    let before = sim.stats();
     let received_before = sim.received(sub).len();
-    while sim.now() < end {
-        let next = next_video.min(next_audio);
-        sim.run_until(next);
-        if next_video <= sim.now() {
-            src.video_frame(&mut sim);
-            next_video += FRAME;
-        }
-        if next_audio <= sim.now() {
-            src.audio_frame(&mut sim);
-            next_audio += AUDIO_FRAME;
-        }
-    }
+    media_until(
+        &mut sim,
+        &mut src,
+        start + WARMUP + Duration::from_secs(secs),
+    );
     // Let the last retransmissions arrive.
     sim.run_for(Duration::from_secs(2));
 
@@ -240,7 +254,9 @@ fn run(dir: Dir, rtt: Duration, impair: &LinkConfig, mode: Mode, secs: u64, seed
     if std::env::var_os("LOSS_BENCH_VERBOSE").is_some() {
         eprintln!("{:?}", stats.nack);
     }
-    let media_bytes = stats.bytes_forwarded - forwarded_before;
+    let media_bytes = stats.bytes_forwarded - before.bytes_forwarded;
+    let recovery_bytes =
+        (stats.nack.resent_bytes - before.nack.resent_bytes) + (stats.fec_bytes - before.fec_bytes);
     Row {
         video_in_time: video_in_time as f64 / videos,
         audio_in_time: audio_in_time as f64 / audios,
@@ -248,9 +264,8 @@ fn run(dir: Dir, rtt: Duration, impair: &LinkConfig, mode: Mode, secs: u64, seed
         delivered: seen.len() as f64 / total,
         added_p50: percentile(&delays, 0.5),
         added_p95: percentile(&delays, 0.95),
-        overhead: (dir == Dir::Down && mode != Mode::None).then(|| {
-            (stats.nack.resent_bytes + stats.fec_bytes) as f64 / media_bytes.max(1) as f64
-        }),
+        overhead: (dir == Dir::Down && mode != Mode::None)
+            .then(|| recovery_bytes as f64 / media_bytes.max(1) as f64),
     }
 }
 

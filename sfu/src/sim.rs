@@ -77,6 +77,8 @@ pub struct SimConfig {
     pub resend: Option<ResendPolicy>,
     pub audio_red: bool,
     pub video_fec: bool,
+    /// Clients negotiate RTX for VP8.
+    pub client_rtx: bool,
 }
 
 impl Default for SimConfig {
@@ -92,6 +94,7 @@ impl Default for SimConfig {
             resend: node.resend,
             audio_red: node.audio_red,
             video_fec: node.video_fec,
+            client_rtx: true,
         }
     }
 }
@@ -273,6 +276,47 @@ pub struct SimNet {
     link: LinkStats,
     gone: Vec<(Instant, PeerId, &'static str)>,
     next_addr: u32,
+}
+
+/// The offer as a receiver without RTX would see it: no `rtx` formats, no
+/// FID groups (so its answer has no RTX either).
+fn without_rtx(sdp: &str) -> String {
+    let rtx: Vec<String> = sdp
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("a=rtpmap:")?;
+            let (pt, name) = rest.split_once(' ')?;
+            name.to_ascii_lowercase()
+                .starts_with("rtx/")
+                .then(|| pt.to_string())
+        })
+        .collect();
+    let drops = |l: &str| {
+        l.starts_with("a=ssrc-group:FID")
+            || rtx.iter().any(|pt| {
+                [
+                    format!("a=rtpmap:{pt} "),
+                    format!("a=fmtp:{pt} "),
+                    format!("a=rtcp-fb:{pt} "),
+                ]
+                .iter()
+                .any(|p| l.starts_with(p.as_str()))
+            })
+    };
+    sdp.lines()
+        .filter(|l| !drops(l))
+        .map(|l| {
+            if !l.starts_with("m=") {
+                return l.to_string();
+            }
+            l.split(' ')
+                .filter(|f| !rtx.iter().any(|pt| pt == f))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        + "\r\n"
 }
 
 fn is_rtcp(buf: &[u8]) -> bool {
@@ -929,6 +973,7 @@ impl SimNet {
     fn drain_client(&mut self, id: ClientId) {
         let now = self.now;
         let node_addr = self.config.node_addr;
+        let nack_without_rtx = !self.config.client_rtx;
         let c = &mut self.clients[id.0];
         loop {
             if !c.rtc.is_alive() {
@@ -982,6 +1027,13 @@ impl SimNet {
                     }
                     Event::RtpPacket(pkt) => {
                         let ssrc = pkt.header.ssrc;
+                        if nack_without_rtx {
+                            // str0m NACKs only with RTX; a receiver without
+                            // RTX that NACKs gets plain retransmissions.
+                            if let Some(rx) = c.rtc.direct_api().stream_rx(&ssrc) {
+                                rx.suppress_nack(false);
+                            }
+                        }
                         let Some(mid) = c.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid()) else {
                             c.errors.push(format!("RTP on unknown SSRC {ssrc}"));
                             continue;
@@ -1098,6 +1150,11 @@ impl SimNet {
                 self.clients[i].held_offers.push((sdp, seq));
             }
             PeerSignal::Offer { sdp, seq } => {
+                let sdp = if self.config.client_rtx {
+                    sdp
+                } else {
+                    without_rtx(&sdp)
+                };
                 let c = &mut self.clients[i];
                 let offer = SdpOffer::from_sdp_string(&sdp).expect("the node's offer parses");
                 let answer = c

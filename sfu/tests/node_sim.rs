@@ -975,3 +975,45 @@ fn uplink_loss_is_recovered_once_for_all_subscribers() {
         "publisher NACKed for {nacked} packets, {lost_up} lost on its uplink"
     );
 }
+
+/// A subscriber that did not negotiate RTX: the node answers its NACKs with
+/// plain retransmissions (original SSRC and sequence number).
+#[test]
+fn nack_without_rtx_gets_plain_retransmissions() {
+    let mut sim = SimNet::new(SimConfig {
+        seed: 15,
+        video_fec: false,
+        client_rtx: false,
+        ..SimConfig::default()
+    });
+    let (publisher, subs) = room(&mut sim, 1, false);
+    let sub = subs[0];
+    let vp8_rtx = sim
+        .client(sub)
+        .rtc
+        .codec_config()
+        .params()
+        .iter()
+        .filter(|p| p.spec().codec == str0m::format::Codec::Vp8)
+        .find_map(|p| p.resend());
+    assert_eq!(vp8_rtx, None, "the subscriber has no RTX for VP8");
+    sim.set_downlink_loss(sub, 0.10);
+    let mut cam = Camera::new(publisher, 1, 0, 0);
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_secs(8),
+        |_, _| {},
+    );
+    sim.run_for(Duration::from_secs(1));
+    let video = of_kind(&sim, sub, MediaKind::Video);
+    let sent: HashSet<Vec<u8>> = cam.sent.iter().map(|s| s.payload.clone()).collect();
+    let got: HashSet<Vec<u8>> = video.iter().map(|p| p.payload.to_vec()).collect();
+    let ratio = sent.intersection(&got).count() as f64 / sent.len() as f64;
+    let nack = sim.stats().nack;
+    assert!(nack.resent > 0, "{nack:?}");
+    assert!(ratio >= 0.99, "{:.2} % ({nack:?})", ratio * 100.0);
+    let ssrcs: HashSet<u32> = video.iter().map(|p| p.ssrc).collect();
+    assert_eq!(ssrcs.len(), 1, "retransmissions on the media SSRC");
+}
