@@ -26,6 +26,15 @@ pub struct ServeArgs {
     /// Most peers (publishers, subscribers, WHIP/WHEP sessions) in one room.
     #[arg(long)]
     pub max_peers_per_room: Option<usize>,
+    /// Do not answer subscribers' NACKs (for measuring; on by default).
+    #[arg(long)]
+    pub no_nack: bool,
+    /// Never send audio as RED to subscribers.
+    #[arg(long)]
+    pub no_audio_red: bool,
+    /// Never send video FEC (ULPFEC) to subscribers.
+    #[arg(long)]
+    pub no_video_fec: bool,
     #[arg(long, env = "MERIDIAN_API_KEY")]
     pub api_key: Option<String>,
     /// HS256 secret for access tokens. Without it the server runs in dev mode.
@@ -42,6 +51,9 @@ pub struct FileConfig {
     pub public_ip: Option<IpAddr>,
     pub web_root: Option<PathBuf>,
     pub max_peers_per_room: Option<usize>,
+    pub nack: Option<bool>,
+    pub audio_red: Option<bool>,
+    pub video_fec: Option<bool>,
     pub api_key: Option<String>,
     pub api_secret: Option<String>,
 }
@@ -53,6 +65,7 @@ pub struct Config {
     pub public_ip: Option<IpAddr>,
     pub web_root: PathBuf,
     pub max_peers_per_room: usize,
+    pub recovery: meridian_sfu::io::Recovery,
     pub api_key: String,
     pub api_secret: Option<String>,
 }
@@ -113,6 +126,12 @@ impl Config {
                 .max_peers_per_room
                 .or(file.max_peers_per_room)
                 .unwrap_or(meridian_sfu::core::DEFAULT_MAX_PEERS_PER_ROOM),
+            // A flag turns a mechanism off; the file can set it either way.
+            recovery: meridian_sfu::io::Recovery {
+                nack: !args.no_nack && file.nack.unwrap_or(true),
+                audio_red: !args.no_audio_red && file.audio_red.unwrap_or(true),
+                video_fec: !args.no_video_fec && file.video_fec.unwrap_or(true),
+            },
             api_key: args
                 .api_key
                 .or(file.api_key)

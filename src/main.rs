@@ -321,7 +321,12 @@ fn run_serve(cfg: Config) -> ExitCode {
         warn!("Set MERIDIAN_API_SECRET or api_secret in --config for production.");
         warn!("==============================================================");
     }
-    let node = match meridian_sfu::io::spawn_node(cfg.udp, cfg.public_ip, cfg.max_peers_per_room) {
+    let node = match meridian_sfu::io::spawn_node(
+        cfg.udp,
+        cfg.public_ip,
+        cfg.max_peers_per_room,
+        cfg.recovery,
+    ) {
         Ok(n) => n,
         Err(e) => {
             error!("{e}");

@@ -70,7 +70,13 @@ async function join() {
   setStatus(`Joining ${room}…`);
 
   const codec = params.get('codec');
-  client = new MeridianClient({ preferCodec: codec ? codec.toUpperCase() : null });
+  client = new MeridianClient({
+    preferCodec: codec ? codec.toUpperCase() : null,
+    // Testing aids: reach the server's UDP port through a proxy
+    // (`meridian netsim`), and refuse video FEC.
+    udpVia: params.get('via'),
+    videoFec: params.get('fec') !== '0',
+  });
   wireClientEvents(client);
 
   try {

@@ -35,12 +35,17 @@ export class MeridianClient {
    * @param {'H264'|'VP8'} [options.preferCodec] the only video codec to offer (if the browser has it)
    * @param {MediaStreamConstraints} [options.mediaConstraints] for getUserMedia
    * @param {RTCIceServer[]} [options.iceServers]
+   * @param {string} [options.udpVia] send media to this 'ip:port' instead of the
+   *   server's ICE candidates (a UDP proxy such as `meridian netsim`, for testing)
+   * @param {boolean} [options.videoFec] false: refuse video RED/ULPFEC from the server
    */
   constructor(options = {}) {
     this.options = {
       preferCodec: null,
       mediaConstraints: { audio: true, video: { width: 640, height: 360, frameRate: 24 } },
       iceServers: [],
+      udpVia: null,
+      videoFec: true,
       ...options,
     };
     this.ws = null;
@@ -354,7 +359,7 @@ export class MeridianClient {
     if (msg.seq != null && this._pendingOfferSeq != null && msg.seq !== this._pendingOfferSeq) {
       console.warn(`meridian: answer seq ${msg.seq} does not match offer ${this._pendingOfferSeq}`);
     }
-    await pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
+    await pc.setRemoteDescription({ type: 'answer', sdp: this._mungeRemote(msg.sdp) });
     this._pendingOfferSeq = null;
     this._reconcileTracks();
   }
@@ -367,11 +372,44 @@ export class MeridianClient {
       console.debug(`meridian: ignoring server offer ${msg.seq} while our offer is outstanding`);
       return;
     }
-    await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+    await pc.setRemoteDescription({ type: 'offer', sdp: this._mungeRemote(msg.sdp) });
     const answer = await pc.createAnswer();
     await pc.setLocalDescription(answer);
     this._send({ type: 'answer', sdp: pc.localDescription.sdp, seq: msg.seq });
     this._reconcileTracks();
+  }
+
+  /** Applies the udpVia and videoFec options to an SDP from the server. */
+  _mungeRemote(sdp) {
+    let lines = sdp.split('\r\n');
+    if (this.options.udpVia) {
+      const [ip, port] = this.options.udpVia.split(':');
+      lines = lines.map((l) => {
+        if (!l.startsWith('a=candidate:')) return l;
+        const f = l.split(' ');
+        if (f.length > 5) { f[4] = ip; f[5] = port; }
+        return f.join(' ');
+      });
+    }
+    if (this.options.videoFec === false) {
+      // Payload types of red/90000 and ulpfec/90000, and the RTX of red.
+      const drop = new Set();
+      for (const l of lines) {
+        const m = l.match(/^a=rtpmap:(\d+) (red|ulpfec)\/90000/i);
+        if (m) drop.add(m[1]);
+      }
+      for (const l of lines) {
+        const m = l.match(/^a=fmtp:(\d+) apt=(\d+)/);
+        if (m && drop.has(m[2])) drop.add(m[1]);
+      }
+      lines = lines
+        .filter((l) => {
+          const m = l.match(/^a=(rtpmap|fmtp|rtcp-fb):(\d+)/);
+          return !(m && drop.has(m[2]));
+        })
+        .map((l) => (l.startsWith('m=video') ? l.split(' ').filter((f) => !drop.has(f)).join(' ') : l));
+    }
+    return lines.join('\r\n');
   }
 
   _onTrackMap(entries) {

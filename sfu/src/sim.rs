@@ -717,6 +717,12 @@ impl SimNet {
                 let pt = crate::core::codec::negotiated_pt(&c.rtc, out.mid, out.codec)
                     .expect("the codec was negotiated");
                 out.pt = Some(pt);
+                // Answer every NACK, as browsers do: str0m's default stops
+                // resending above 15 % of the bytes, which would make the
+                // client, not the node, the limit on lossy uplinks.
+                if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(out.mid, None) {
+                    tx.set_rtx_cache(1024, Duration::from_secs(3), None);
+                }
                 pt
             }
         };

@@ -4,4 +4,6 @@
 
 mod worker;
 
-pub use worker::{spawn_node, Command, NodeHandle, PeerEvent, Reply, SpawnError, PEER_EVENT_QUEUE};
+pub use worker::{
+    spawn_node, Command, NodeHandle, PeerEvent, Recovery, Reply, SpawnError, PEER_EVENT_QUEUE,
+};

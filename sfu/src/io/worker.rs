@@ -147,11 +147,31 @@ impl NodeHandle {
     }
 }
 
+/// Which loss recovery the node does (all on by default).
+#[derive(Debug, Clone, Copy)]
+pub struct Recovery {
+    /// Answer subscribers' NACKs.
+    pub nack: bool,
+    pub audio_red: bool,
+    pub video_fec: bool,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            nack: true,
+            audio_red: true,
+            video_fec: true,
+        }
+    }
+}
+
 /// Binds the UDP socket and starts the media worker thread.
 pub fn spawn_node(
     udp: SocketAddr,
     public_ip: Option<std::net::IpAddr>,
     max_peers_per_room: usize,
+    recovery: Recovery,
 ) -> Result<NodeHandle, SpawnError> {
     let std_sock =
         std::net::UdpSocket::bind(udp).map_err(|source| SpawnError::Bind { addr: udp, source })?;
@@ -176,6 +196,11 @@ pub fn spawn_node(
                     UdpSocket::from_std(std_sock).expect("a nonblocking std socket converts");
                 let mut config = NodeConfig::new(candidate_addr);
                 config.max_peers_per_room = max_peers_per_room;
+                if !recovery.nack {
+                    config.resend = None;
+                }
+                config.audio_red = recovery.audio_red;
+                config.video_fec = recovery.video_fec;
                 let node = Node::new(config, Instant::now());
                 Worker {
                     node,
