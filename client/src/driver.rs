@@ -1,7 +1,7 @@
 //! The task that drives one client's str0m `Rtc`: UDP socket, timers,
 //! WebSocket signaling (when used) and outgoing RTP commands.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,8 +65,8 @@ pub(crate) struct Driver {
     max_seq: HashMap<u32, u64>,
     /// ULPFEC receivers per video m-line that negotiated RED + ULPFEC.
     fec_rx: HashMap<Mid, FecReceiver>,
-    /// Video sequence numbers delivered from RED, to not deliver twice.
-    fec_seen: HashSet<(Mid, u64)>,
+    /// Video sequence numbers delivered on m-lines with FEC, to deliver each once.
+    fec_seen: HashMap<Mid, BTreeSet<u64>>,
     udp_via: Option<SocketAddr>,
     channel: Option<ChannelId>,
     /// Signals received during connect, delivered first by `run`.
@@ -96,7 +96,7 @@ impl Driver {
             track_ids: HashMap::new(),
             max_seq: HashMap::new(),
             fec_rx: HashMap::new(),
-            fec_seen: HashSet::new(),
+            fec_seen: HashMap::new(),
             udp_via: cfg.udp_via,
             channel: None,
             early: Vec::new(),
@@ -446,6 +446,13 @@ impl Driver {
                     self.on_video_red(mid, &pkt, r, events).await;
                     return;
                 }
+                // On an m-line with FEC, a retransmission or a late original
+                // may repeat what FEC rebuilt.
+                if let Some(mid) = mid.filter(|m| self.fec_rx.contains_key(m)) {
+                    if !self.first_delivery(mid, seq) {
+                        return;
+                    }
+                }
                 let primary_pt = self
                     .rtc
                     .codec_config()
@@ -530,11 +537,11 @@ impl Driver {
             &mut out,
         );
         for u in out {
-            // A rebuilt packet may also arrive later on its own (or by RTX).
-            if u.recovered && self.fec_seen.contains(&(mid, u.seq)) {
+            // Each sequence number once: a packet may come as sent, rebuilt
+            // by FEC, and by retransmission, in any order.
+            if !self.first_delivery(mid, u.seq) {
                 continue;
             }
-            self.fec_seen.insert((mid, u.seq));
             let unit = ReceivedRtp {
                 seq: u.seq,
                 timestamp: u.ts,
@@ -545,11 +552,19 @@ impl Driver {
             };
             let _ = events.send(ClientEvent::Rtp(unit)).await;
         }
-        // Bounded: forget all but the recent sequence numbers.
-        if self.fec_seen.len() > 4096 {
-            let keep_from = r.seq.saturating_sub(2048);
-            self.fec_seen.retain(|(_, s)| *s >= keep_from);
+    }
+
+    /// On an m-line with FEC: true the first time `seq` is delivered.
+    /// Remembers the last 2048 sequence numbers per m-line.
+    fn first_delivery(&mut self, mid: Mid, seq: u64) -> bool {
+        let seen = self.fec_seen.entry(mid).or_default();
+        if !seen.insert(seq) {
+            return false;
         }
+        if seen.len() > 4096 {
+            *seen = seen.split_off(&seq.saturating_sub(2048));
+        }
+        true
     }
 
     async fn on_signal(

@@ -163,7 +163,15 @@ pub struct SimClient {
     pub recv_mids: Vec<(Mid, MediaKind)>,
     received: Vec<ReceivedPacket>,
     /// (m-line, sequence number) of everything in `received`.
-    seen: std::collections::HashSet<(Mid, u64)>,
+    seen: std::collections::HashMap<(Mid, u64), Arc<[u8]>>,
+    /// A sequence number that came again with another payload: the node
+    /// used one number for two packets. Only partly visible: str0m drops a
+    /// repeated number before the application sees it, so a collision
+    /// mostly shows as loss (which tests check by delivery ratio); this
+    /// counts the case where the first of the two was lost on the link.
+    pub seq_conflicts: u64,
+    /// Packets that arrived as RED (audio or video).
+    pub red_received: u64,
     /// ULPFEC receivers, per receive m-line.
     fec_rx: std::collections::HashMap<Mid, FecReceiver>,
     keyframe_requests: Vec<(Instant, KeyframeRequest)>,
@@ -196,6 +204,23 @@ pub struct SimClient {
 }
 
 impl SimClient {
+    /// Records (m-line, sequence number) and says whether it is new; a
+    /// repeat with another payload is a conflict.
+    fn first_time(&mut self, mid: Mid, seq: u64, payload: &Arc<[u8]>) -> bool {
+        match self.seen.get(&(mid, seq)) {
+            Some(p) => {
+                if p != payload {
+                    self.seq_conflicts += 1;
+                }
+                false
+            }
+            None => {
+                self.seen.insert((mid, seq), payload.clone());
+                true
+            }
+        }
+    }
+
     /// NACK messages its send streams received (as of the last stats event).
     pub fn nacks_received(&self) -> u64 {
         self.nacks.values().sum()
@@ -233,8 +258,9 @@ impl SimClient {
             &pkt.payload,
             &mut out,
         );
+        self.red_received += 1;
         for u in out {
-            if !self.seen.insert((mid, u.seq)) {
+            if !self.first_time(mid, u.seq, &u.payload) {
                 continue;
             }
             if u.recovered {
@@ -631,6 +657,8 @@ impl SimNet {
             recv_mids: Vec::new(),
             received: Vec::new(),
             seen: Default::default(),
+            seq_conflicts: 0,
+            red_received: 0,
             fec_rx: Default::default(),
             keyframe_requests: Vec::new(),
             signals: Vec::new(),
@@ -1072,11 +1100,12 @@ impl SimNet {
                             at: now,
                         };
                         let Some(primary_pt) = red_of else {
-                            if c.seen.insert((mid, seq)) {
+                            if c.first_time(mid, seq, &base.payload) {
                                 c.received.push(base);
                             }
                             continue;
                         };
+                        c.red_received += 1;
                         // RED (RFC 2198): the primary, and copies of the
                         // previous packets (one sequence number apart).
                         let Ok(red) = meridian_fec::red::parse(&pkt.payload) else {
@@ -1088,7 +1117,8 @@ impl SimNet {
                             let Some(s) = seq.checked_sub(n - 1 - k as u64) else {
                                 continue;
                             };
-                            if !c.seen.insert((mid, s)) {
+                            let data: Arc<[u8]> = Arc::from(b.data);
+                            if !c.first_time(mid, s, &data) {
                                 continue;
                             }
                             c.received.push(ReceivedPacket {
@@ -1096,7 +1126,7 @@ impl SimNet {
                                 ts: base.ts.wrapping_sub(u32::from(b.ts_offset)),
                                 pt: *primary_pt,
                                 marker: b.is_primary && base.marker,
-                                payload: Arc::from(b.data),
+                                payload: data,
                                 ..base.clone()
                             });
                         }

@@ -3,10 +3,11 @@
 //!
 //! While a subscriber's link loses packets (its `LossEstimate` at or above
 //! [`FEC_FROM_LOSS`]) and it negotiated `red/90000` + `ulpfec/90000`, every
-//! video packet to it goes RED-wrapped, and after each frame (the marker
+//! VP8/VP9 packet to it goes RED-wrapped, and after each frame (the marker
 //! packet, or 48 packets) the node sends FEC packets protecting that frame's
-//! packets. They ride the media SSRC, so their sequence numbers are reserved
-//! in the subscriber's rewriter when the frame ends (`Forwarder::reserve`).
+//! packets. They ride the media SSRC: their sequence numbers are reserved in
+//! the subscriber's rewriter (`Forwarder::reserve`) when they are written, so
+//! exactly as many numbers are taken as packets sent (no gap to NACK).
 //!
 //! ULPFEC covers the packet bytes as sent, header extensions included, so the
 //! FEC is computed over str0m's own serialization (its `tx-tap` patch): each
@@ -35,21 +36,19 @@ pub fn protection_rate(loss: f32) -> f64 {
     (0.1 + 3.0 * f64::from(loss)).min(0.6)
 }
 
-/// FEC packets promised for a frame whose packets are not all tapped yet.
+/// FEC packets due after a frame whose packets are not all tapped yet.
 #[derive(Debug, Clone, Copy)]
 struct Job {
     /// Sequence number (16-bit, as on the wire) of the frame's last packet.
     last_seq: u16,
-    first_fec_seq: u64,
     count: usize,
     ts: u32,
 }
 
-/// One FEC packet to write: its reserved sequence number, timestamp and RED
-/// payload.
+/// One FEC packet to write (the caller reserves its sequence number):
+/// its timestamp and RED payload.
 #[derive(Debug)]
 pub struct FecPacket {
-    pub seq: u64,
     pub ts: u32,
     pub payload: Arc<[u8]>,
 }
@@ -119,8 +118,9 @@ impl VideoFec {
         n
     }
 
-    /// FEC packets were reserved after the media packet `last_seq`.
-    pub fn add_job(&mut self, last_seq: u64, first_fec_seq: u64, count: usize, ts: u32) {
+    /// `count` FEC packets are due once the media packet `last_seq` (with
+    /// timestamp `ts`) has been sent.
+    pub fn add_job(&mut self, last_seq: u64, count: usize, ts: u32) {
         if count == 0 {
             return;
         }
@@ -130,7 +130,6 @@ impl VideoFec {
         }
         self.jobs.push_back(Job {
             last_seq: last_seq as u16,
-            first_fec_seq,
             count,
             ts,
         });
@@ -150,11 +149,9 @@ impl VideoFec {
         if zero_extensions(&mut self.plain, &self.zero_ids).is_err() {
             return;
         }
-        if self.encoder.add_media(&self.plain).is_err() {
-            // Out of the group's span: start over with this packet.
-            self.encoder.clear();
-            let _ = self.encoder.add_media(&self.plain);
-        }
+        // A packet the group cannot take (sent late, out of order, or past
+        // the mask's span) is left unprotected; the group goes on.
+        let _ = self.encoder.add_media(&self.plain);
         // Jobs whose frame went by without us seeing its end are dropped.
         while let Some(job) = self.jobs.front().copied() {
             let behind = job.last_seq.wrapping_sub(seq) as i16;
@@ -168,7 +165,7 @@ impl VideoFec {
             let made = self
                 .encoder
                 .generate(job.count, MaskKind::Interleaved, &mut self.scratch);
-            for (k, fec) in self.scratch.iter().take(made).enumerate() {
+            for fec in self.scratch.iter().take(made) {
                 let mut payload = Vec::with_capacity(fec.len() + 1);
                 // RED with one (primary) block: the ULPFEC payload type.
                 payload.push(*self.ulpfec_pt);
@@ -176,7 +173,6 @@ impl VideoFec {
                 self.fec_bytes += payload.len() as u64;
                 self.fec_packets += 1;
                 out.push(FecPacket {
-                    seq: job.first_fec_seq + k as u64,
                     ts: job.ts,
                     payload: payload.into(),
                 });

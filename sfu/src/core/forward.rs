@@ -96,6 +96,14 @@ impl Forwarder {
         }
     }
 
+    /// The incoming packet `seq` of `source` is not forwarded (a publisher's
+    /// FEC): later packets close up over it.
+    pub fn skip(&mut self, source: SourceKey, seq: u64) {
+        if let Some(r) = self.rewriter.as_mut() {
+            r.skip(source, seq);
+        }
+    }
+
     /// Reserves `n` outgoing sequence numbers after the highest sent.
     pub fn reserve(&mut self, n: u64) -> Option<u64> {
         self.rewriter.as_mut()?.reserve(n)

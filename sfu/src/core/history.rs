@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::media::Pt;
+use str0m::rtp::VideoOrientation;
 
 /// Packets kept per incoming video track (power of two). 1 s of a
 /// 5 Mbit/s stream at ~1100-byte packets is ~570 packets.
@@ -69,6 +70,8 @@ pub struct HistPacket {
     pub marker: bool,
     pub pt: Pt,
     pub payload: Arc<[u8]>,
+    /// The one header extension value a video resend must carry.
+    pub orientation: Option<VideoOrientation>,
 }
 
 /// The recent packets of one incoming track, indexed by its extended
@@ -155,6 +158,8 @@ struct SeqEntry {
     /// Forwarded after a later packet (it filled a hole: the publisher's
     /// retransmission): NACKs sent before it could arrive are stale.
     late: bool,
+    /// Made by the node (FEC): never resent, not a media loss.
+    not_media: bool,
     /// Skipped: the SFU never received this packet (lost upstream). Filled
     /// in when the publisher's retransmission arrives late.
     hole: bool,
@@ -235,6 +240,7 @@ impl Sequencer {
             resends: 0,
             nacked: false,
             late: late && !hole,
+            not_media: false,
             hole,
         };
         match self.max_out {
@@ -271,7 +277,7 @@ impl Sequencer {
     ) -> (ResendOutcome, bool) {
         let i = self.slot(out_seq);
         let e = &mut self.entries[i];
-        if e.out_seq_plus1 != out_seq.wrapping_add(1) {
+        if e.out_seq_plus1 != out_seq.wrapping_add(1) || e.not_media {
             return (ResendOutcome::Unknown, false);
         }
         // A packet the SFU never had is not a loss on the subscriber's link.
@@ -326,6 +332,21 @@ impl Sequencer {
         }
     }
 
+    /// A packet the node made itself (FEC) went out under `out_seq`: a NACK
+    /// for it is not a loss of media and is not answered.
+    pub fn not_media(&mut self, now: Instant, out_seq: u64) {
+        let i = self.slot(out_seq);
+        self.entries[i] = SeqEntry {
+            out_seq_plus1: out_seq.wrapping_add(1),
+            sent_ms: self.ms(now),
+            not_media: true,
+            ..SeqEntry::default()
+        };
+        if self.max_out.is_none_or(|m| out_seq > m) {
+            self.max_out = Some(out_seq);
+        }
+    }
+
     /// Spend budget for a resend of `len` bytes.
     pub fn charge(&mut self, len: usize) {
         self.budget -= len as f32;
@@ -352,6 +373,7 @@ mod tests {
             marker: false,
             pt: Pt::new_with_value(96),
             payload: vec![seq as u8; 100].into(),
+            orientation: None,
         }
     }
 

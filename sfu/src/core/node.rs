@@ -1017,11 +1017,23 @@ impl Node {
             while let Some(bytes) = tx.poll_tap() {
                 f.on_tapped(bytes, scratch);
             }
-            for p in scratch.drain(..) {
+            if scratch.is_empty() {
+                continue;
+            }
+            // Numbers for exactly the packets made, after the highest sent.
+            let Some(first) = out.fwd.reserve(scratch.len() as u64) else {
+                scratch.clear();
+                continue;
+            };
+            for (k, p) in scratch.drain(..).enumerate() {
+                let seq = first + k as u64;
+                if let Some(s) = out.seq.as_mut() {
+                    s.not_media(now, seq);
+                }
                 stats.fec_packets += 1;
                 stats.fec_bytes += p.payload.len() as u64;
                 tx.write_rtp(
-                    RtpWrite::new(f.red_pt, p.seq.into(), p.ts, now, p.payload).nackable(false),
+                    RtpWrite::new(f.red_pt, seq.into(), p.ts, now, p.payload).nackable(false),
                 );
                 wrote = true;
             }
@@ -1276,6 +1288,8 @@ impl Node {
                 if let Some(t) = candidate {
                     out.source = Some(t.id);
                     out.fwd.source_changed();
+                    // Its sent packets refer to the old track's history.
+                    out.seq = None;
                     if out.kind == MediaKind::Video {
                         want_keyframe.push(t.id);
                     }
@@ -1337,7 +1351,7 @@ impl Node {
                 .find(|p| p.pt() == inner)
                 .is_some_and(|p| p.is_video_fec());
             if is_fec {
-                self.stats.drops.add(DropReason::UpstreamFec);
+                self.skip_upstream_fec(from, mid, *ssrc, *pkt.seq_no);
                 return;
             }
             pt = inner;
@@ -1413,7 +1427,8 @@ impl Node {
                     *slot = Some(Unit {
                         seq: u.seq,
                         ts: u.ts,
-                        marker: false,
+                        // The marker belongs to the primary.
+                        marker: u.seq == seq && pkt.header.marker,
                         payload: u.payload,
                     });
                 }
@@ -1460,6 +1475,7 @@ impl Node {
                         marker: unit.marker,
                         pt,
                         payload: unit.payload.clone(),
+                        orientation: ext.video_orientation,
                     });
                     Some(h.generation())
                 }
@@ -1506,7 +1522,11 @@ impl Node {
                             red: local.red(),
                         };
                         out.pt_map = Some(m);
-                        if video && self.config.video_fec && out.fec.is_none() {
+                        // Not H.264: without a picture id a lost FEC packet
+                        // (never retransmitted) breaks frame continuity, as
+                        // libwebrtc reasons.
+                        let fec_codec = matches!(codec, CodecKind::Vp8 | CodecKind::Vp9);
+                        if fec_codec && self.config.video_fec && out.fec.is_none() {
                             out.fec = video_fec_for(&sub.rtc, mid);
                         }
                         m
@@ -1590,11 +1610,7 @@ impl Node {
                 }
                 if let Some(f) = fec {
                     let n = f.on_media(unit.marker, sub.loss.estimate(now));
-                    if n > 0 {
-                        if let Some(first) = out.fwd.reserve(n as u64) {
-                            f.add_job(out_seq, first, n, out_ts);
-                        }
-                    }
+                    f.add_job(out_seq, n, out_ts);
                 }
                 self.stats.rtp_forwarded += 1;
                 self.stats.bytes_forwarded += payload.len() as u64;
@@ -1608,6 +1624,40 @@ impl Node {
             if let Some((owner, mid)) = owner_mid {
                 self.send_keyframe_request(owner, mid);
             }
+        }
+    }
+
+    /// A publisher's ULPFEC packet, not used yet: its sequence number is
+    /// taken out of every subscriber's stream (when it comes in order), so
+    /// it leaves no gap for them to NACK.
+    fn skip_upstream_fec(&mut self, from: PeerId, mid: Mid, ssrc: u32, seq: u64) {
+        self.stats.drops.add(DropReason::UpstreamFec);
+        let Some(publisher) = self.peers.get(&from) else {
+            return;
+        };
+        let Some(track_id) = publisher.track_at(mid) else {
+            return;
+        };
+        let Some(track) = self
+            .rooms
+            .get(&publisher.room)
+            .and_then(|r| r.tracks.get(&track_id))
+        else {
+            return;
+        };
+        let source = SourceKey {
+            track_epoch: track.source_epoch,
+            ssrc,
+        };
+        for &(sub_id, sub_mid) in &track.subscribers {
+            let Some(out) = self
+                .peers
+                .get_mut(&sub_id)
+                .and_then(|p| p.outs.iter_mut().find(|o| o.mid == sub_mid))
+            else {
+                continue;
+            };
+            out.fwd.skip(source, seq);
         }
     }
 
@@ -1703,6 +1753,10 @@ impl Node {
             tx.write_resend(
                 RtpWrite::new(out_pt, out_seq, out_ts, now, p.payload.clone())
                     .marker(p.marker)
+                    .ext_vals(ExtensionValues {
+                        video_orientation: p.orientation,
+                        ..Default::default()
+                    })
                     .nackable(true),
             );
             nack.resent += 1;

@@ -145,6 +145,11 @@ impl AudioRecent {
         self.max_seq = Some(self.max_seq.map_or(seq, |m| m.max(seq)));
     }
 
+    /// Was this packet received (or recovered) already?
+    pub fn has(&self, seq: u64) -> bool {
+        self.get(seq).is_some()
+    }
+
     fn get(&self, seq: u64) -> Option<&Frame> {
         self.frames[(seq as usize) % self.frames.len()]
             .as_ref()
@@ -230,7 +235,9 @@ pub fn unred(
         let Some(block_seq) = seq.checked_sub(distance) else {
             continue;
         };
-        if distance > 0 && !recent.is_missing(block_seq) {
+        // Only packets that never arrived: a primary whose copy already came
+        // in a later packet's redundancy is not forwarded twice.
+        if !recent.is_missing(block_seq) && (distance > 0 || recent.has(block_seq)) {
             continue;
         }
         let Some(block_ts) = ts.checked_sub(u64::from(b.ts_offset)) else {

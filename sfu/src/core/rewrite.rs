@@ -121,6 +121,27 @@ impl StreamRewriter {
         Some(first)
     }
 
+    /// Takes the incoming `seq` out of the mapping: packets after it move
+    /// one number down, so no gap appears. Only for the next packet in
+    /// order of the current source; anything else is left as a gap.
+    pub fn skip(&mut self, source: SourceKey, seq: u64) {
+        let Some(a) = self.anchor.as_mut() else {
+            return;
+        };
+        if a.source != source || seq != a.max_in_seq + 1 {
+            return;
+        }
+        a.max_in_seq = seq;
+        a.seq_offset = a.seq_offset.wrapping_sub(1);
+        if a.reserved.len() >= MAX_RESERVATIONS {
+            if let Some((after, _)) = a.reserved.pop_front() {
+                a.forgotten_before = after;
+            }
+        }
+        // A shift of -1: packets before it subtract "-1" (wrapping).
+        a.reserved.push_back((seq + 1, u64::MAX));
+    }
+
     /// Forwarding stopped (mute, layer pause); the next packet re-anchors.
     pub fn discontinuity(&mut self) {
         self.resync = true;
@@ -232,6 +253,22 @@ mod tests {
         }
         assert_eq!(s(&mut r, 11), Err(RewriteDrop::TooLate));
         assert_eq!(s(&mut r, 14).unwrap().seq, 106 + MAX_RESERVATIONS as u64);
+    }
+
+    #[test]
+    fn a_skipped_packet_leaves_no_gap() {
+        let t0 = Instant::now();
+        let mut r = StreamRewriter::new(90_000, 100, 0);
+        let s = |r: &mut StreamRewriter, seq: u64| r.rewrite(&pkt(src(1), seq, seq * 10, t0, 0));
+        assert_eq!(s(&mut r, 10).unwrap().seq, 100);
+        assert_eq!(s(&mut r, 12).unwrap().seq, 102);
+        // 13 is the publisher's FEC: not forwarded, and 14 follows 12.
+        r.skip(src(1), 13);
+        assert_eq!(s(&mut r, 14).unwrap().seq, 103);
+        // The late 11 keeps its place; a skip out of order changes nothing.
+        assert_eq!(s(&mut r, 11).unwrap().seq, 101);
+        r.skip(src(1), 20);
+        assert_eq!(s(&mut r, 15).unwrap().seq, 104);
     }
 
     #[test]

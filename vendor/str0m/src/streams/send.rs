@@ -1172,12 +1172,11 @@ impl StreamTx {
     fn handoff_nack(&mut self, entries: impl Iterator<Item = NackEntry>) {
         // Lengthen 16-bit NACK entries relative to the last regular packet sent.
         let reference = self.last_sent_seq_no;
-        for seq_no in entries.flat_map(|n| n.into_iter(reference)) {
-            if self.nacks_for_app.len() >= Self::MAX_NACKS_FOR_APP {
-                self.nacks_for_app.remove(0);
-            }
-            self.nacks_for_app.push(seq_no);
-        }
+        // Past the cap the rest is dropped: a flood of NACKs costs no more
+        // than the cap (the receiver NACKs again what it still misses).
+        let room = Self::MAX_NACKS_FOR_APP.saturating_sub(self.nacks_for_app.len());
+        self.nacks_for_app
+            .extend(entries.flat_map(|n| n.into_iter(reference)).take(room));
     }
 
     pub(crate) fn poll_nacks_for_app(&mut self) -> Option<Vec<SeqNo>> {
