@@ -1484,7 +1484,7 @@ impl Node {
             // RED payloads built for this packet, by (level, payload type).
             let mut red_built: [Option<BuiltRed>; MAX_LEVEL as usize] = Default::default();
             // The packet wrapped in video RED (for subscribers getting FEC).
-            let mut video_red: Option<(Pt, Arc<[u8]>)> = None;
+            let mut red_wrapped: Option<(Pt, Arc<[u8]>)> = None;
             for &(sub_id, mid) in &track.subscribers {
                 let Some(sub) = self.peers.get_mut(&sub_id) else {
                     continue;
@@ -1538,14 +1538,14 @@ impl Node {
                 let red_payload;
                 let fec = out.fec.as_mut().filter(|f| f.active && video);
                 if let Some(f) = &fec {
-                    let wrapped = match &video_red {
+                    let wrapped = match &red_wrapped {
                         Some((p, b)) if *p == map.out => b.clone(),
                         _ => {
                             let mut b = Vec::with_capacity(unit.payload.len() + 1);
                             b.push(*map.out);
                             b.extend_from_slice(&unit.payload);
                             let b: Arc<[u8]> = b.into();
-                            video_red = Some((map.out, b.clone()));
+                            red_wrapped = Some((map.out, b.clone()));
                             b
                         }
                     };
