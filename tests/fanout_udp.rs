@@ -9,30 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{payload_counts, publish_sample, sample, Server};
+use common::{payload_counts, publish_sample, sample, wait_tracks, Server};
 use meridian_client::{Client, ClientConfig, ClientEvent, MediaKind};
-use meridian_signaling::protocol::ServerMsg;
 
 #[derive(Default)]
 struct Received {
     payloads: HashMap<Arc<[u8]>, usize>,
     ssrcs: HashMap<MediaKind, Vec<u32>>,
     video_seqs: Vec<u64>,
-}
-
-async fn wait_tracks(c: &mut Client, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        match tokio::time::timeout_at(deadline, c.next_event()).await {
-            Ok(Some(ClientEvent::Signal(ServerMsg::TrackMap { tracks }))) if tracks.len() >= n => {
-                return
-            }
-            Ok(Some(ClientEvent::Closed(why))) => panic!("subscriber closed: {why}"),
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("subscriber stopped"),
-            Err(_) => panic!("no track map with {n} tracks in time"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

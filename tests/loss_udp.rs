@@ -13,30 +13,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{payload_counts, publish_sample, sample, Sample, Server};
+use common::{payload_counts, publish_sample, sample, wait_tracks, Sample, Server};
 use meridian_client::{Client, ClientConfig, ClientEvent};
 use meridian_netsim::{Proxy, ProxyConfig};
-use meridian_signaling::protocol::ServerMsg;
 
 /// Appended to every payload of the two measured passes, to tell them from
 /// the warm-up and each other (the SFU does not look past a payload's
 /// first bytes).
 const MARKS: [u8; 2] = [0xE2, 0x3C];
-
-async fn wait_tracks(c: &mut Client, n: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        match tokio::time::timeout_at(deadline, c.next_event()).await {
-            Ok(Some(ClientEvent::Signal(ServerMsg::TrackMap { tracks }))) if tracks.len() >= n => {
-                return
-            }
-            Ok(Some(ClientEvent::Closed(why))) => panic!("subscriber closed: {why}"),
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("subscriber stopped"),
-            Err(_) => panic!("no track map with {n} tracks in time"),
-        }
-    }
-}
 
 fn marked(s: &Sample, mark: u8) -> Sample {
     let mut m = s.clone();

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use meridian_sfu::core::codec::{negotiated_pt, rtc_config};
-use meridian_sfu::core::fec::{mutable_extension_ids, video_fec_pts, FecReceiver};
+use meridian_sfu::core::fec::{video_fec_pts, FecReceiver};
 use meridian_signaling::protocol::{ClientMsg, ServerMsg};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
@@ -65,6 +65,8 @@ pub(crate) struct Driver {
     max_seq: HashMap<u32, u64>,
     /// ULPFEC receivers per video m-line that negotiated RED + ULPFEC.
     fec_rx: HashMap<Mid, FecReceiver>,
+    /// Video RED payload type per receive m-line (`None`: no FEC there).
+    video_red_pts: HashMap<Mid, Option<Pt>>,
     /// Video sequence numbers delivered on m-lines with FEC, to deliver each once.
     fec_seen: HashMap<Mid, BTreeSet<u64>>,
     udp_via: Option<SocketAddr>,
@@ -96,6 +98,7 @@ impl Driver {
             track_ids: HashMap::new(),
             max_seq: HashMap::new(),
             fec_rx: HashMap::new(),
+            video_red_pts: HashMap::new(),
             fec_seen: HashMap::new(),
             udp_via: cfg.udp_via,
             channel: None,
@@ -440,9 +443,7 @@ impl Driver {
                     received_at: pkt.timestamp,
                 };
                 let pt = pkt.header.payload_type;
-                if let Some(mid) =
-                    mid.filter(|m| video_fec_pts(&self.rtc, *m).is_some_and(|(red, _)| red == pt))
-                {
+                if let Some(mid) = mid.filter(|m| self.video_red_pt(*m) == Some(pt)) {
                     self.on_video_red(mid, &pkt, r, events).await;
                     return;
                 }
@@ -513,16 +514,10 @@ impl Driver {
         events: &mpsc::Sender<ClientEvent>,
     ) {
         if !self.fec_rx.contains_key(&mid) {
-            let Some((_, ulpfec)) = video_fec_pts(&self.rtc, mid) else {
+            let Some(rx) = FecReceiver::for_mline(&self.rtc, mid, r.ssrc) else {
                 return;
             };
-            let ids = self
-                .rtc
-                .media(mid)
-                .map(|m| mutable_extension_ids(m.remote_extmap()))
-                .unwrap_or_default();
-            self.fec_rx
-                .insert(mid, FecReceiver::new(ulpfec, r.ssrc, ids));
+            self.fec_rx.insert(mid, rx);
         }
         let Some(rx) = self.fec_rx.get_mut(&mid) else {
             return;
@@ -552,6 +547,16 @@ impl Driver {
             };
             let _ = events.send(ClientEvent::Rtp(unit)).await;
         }
+    }
+
+    /// The video RED payload type of `mid`, if it negotiated RED + ULPFEC
+    /// (looked up once per m-line, not per packet).
+    fn video_red_pt(&mut self, mid: Mid) -> Option<Pt> {
+        let rtc = &self.rtc;
+        *self
+            .video_red_pts
+            .entry(mid)
+            .or_insert_with(|| video_fec_pts(rtc, mid).map(|(red, _)| red))
     }
 
     /// On an m-line with FEC: true the first time `seq` is delivered.

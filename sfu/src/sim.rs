@@ -36,7 +36,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rt
 use meridian_netsim::{Link, LinkConfig};
 use str0m::rtp::RtpPacket;
 
-use crate::core::fec::{mutable_extension_ids, video_fec_pts, FecReceiver};
+use crate::core::fec::{video_fec_pts, FecReceiver};
 
 use crate::core::{
     JoinKind, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output, PeerId,
@@ -236,15 +236,10 @@ impl SimClient {
     fn receive_video_red(&mut self, mid: Mid, kind: MediaKind, pkt: &RtpPacket, now: Instant) {
         let ssrc = *pkt.header.ssrc;
         if !self.fec_rx.contains_key(&mid) {
-            let Some((_, ulpfec)) = video_fec_pts(&self.rtc, mid) else {
+            let Some(rx) = FecReceiver::for_mline(&self.rtc, mid, ssrc) else {
                 return;
             };
-            let ids = self
-                .rtc
-                .media(mid)
-                .map(|m| mutable_extension_ids(m.remote_extmap()))
-                .unwrap_or_default();
-            self.fec_rx.insert(mid, FecReceiver::new(ulpfec, ssrc, ids));
+            self.fec_rx.insert(mid, rx);
         }
         let Some(rx) = self.fec_rx.get_mut(&mid) else {
             return;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_client::capture::{read_capture, CapturedStream, MediaKindGuess};
-use meridian_client::{MediaKind, OutRtp, RtpSender};
+use meridian_client::{Client, ClientEvent, MediaKind, OutRtp, RtpSender};
+use meridian_signaling::protocol::ServerMsg;
 
 /// A `meridian serve` child process, killed on drop. If the test is
 /// failing, the tail of the server's log is printed with it.
@@ -244,4 +245,22 @@ pub fn audio_offer() -> String {
     );
     let (offer, _pending) = api.apply().expect("an offer with one m-line");
     offer.to_sdp_string()
+}
+
+/// Waits until the server's track map for `c` lists at least `n` tracks.
+pub async fn wait_tracks(c: &mut Client, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, c.next_event()).await {
+            Ok(Some(ClientEvent::Signal(ServerMsg::TrackMap { tracks }))) if tracks.len() >= n => {
+                return
+            }
+            Ok(Some(ClientEvent::Closed(why))) => {
+                panic!("subscriber closed: {why}")
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("subscriber stopped"),
+            Err(_) => panic!("no track map with {n} tracks in time"),
+        }
+    }
 }

@@ -281,8 +281,33 @@ impl FecReceiver {
     }
 }
 
-/// Extension ids whose values a FEC sender zeroes (see `VideoFec`).
-pub fn mutable_extension_ids(exts: &str0m::rtp::ExtensionMap) -> Vec<u8> {
+impl VideoFec {
+    /// For a subscriber's video m-line, if it negotiated `red/90000` and
+    /// `ulpfec/90000`.
+    pub fn for_mline(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<Self> {
+        let (red, ulpfec) = video_fec_pts(rtc, mid)?;
+        Some(VideoFec::new(red, ulpfec, mutable_extension_ids(rtc, mid)))
+    }
+}
+
+impl FecReceiver {
+    /// For a received video m-line with RED + ULPFEC, from media SSRC `ssrc`.
+    pub fn for_mline(rtc: &str0m::Rtc, mid: str0m::media::Mid, ssrc: u32) -> Option<Self> {
+        let (_, ulpfec) = video_fec_pts(rtc, mid)?;
+        Some(FecReceiver::new(
+            ulpfec,
+            ssrc,
+            mutable_extension_ids(rtc, mid),
+        ))
+    }
+}
+
+/// Extension ids on `mid` whose values a FEC sender zeroes (see `VideoFec`).
+fn mutable_extension_ids(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Vec<u8> {
+    let Some(media) = rtc.media(mid) else {
+        return Vec::new();
+    };
+    let exts = media.remote_extmap();
     [
         str0m::rtp::Extension::TransportSequenceNumber,
         str0m::rtp::Extension::AbsoluteSendTime,

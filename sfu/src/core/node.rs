@@ -19,7 +19,7 @@ use tracing::{debug, trace};
 
 use super::codec::{is_keyframe, CodecKind};
 use super::demux::{Demux, DemuxMiss};
-use super::fec::{mutable_extension_ids, video_fec_pts, FecPacket, VideoFec};
+use super::fec::{FecPacket, VideoFec};
 use super::forward::{Decision, Forwarder, FwdPacket};
 use super::history::{
     HistPacket, PacketHistory, ResendOutcome, ResendPolicy, SentPacket, Sequencer,
@@ -278,14 +278,6 @@ pub struct Node {
     /// Scratch for building RED payloads.
     red_buf: Vec<u8>,
     fec_scratch: Vec<FecPacket>,
-}
-
-/// ULPFEC state for a subscriber's video m-line, if it negotiated
-/// `red/90000` and `ulpfec/90000`.
-fn video_fec_for(rtc: &Rtc, mid: Mid) -> Option<VideoFec> {
-    let (red, ulpfec) = video_fec_pts(rtc, mid)?;
-    let zero_ids = mutable_extension_ids(rtc.media(mid)?.remote_extmap());
-    Some(VideoFec::new(red, ulpfec, zero_ids))
 }
 
 /// A RED payload built for one packet: (level, primary payload type, payload).
@@ -1324,20 +1316,34 @@ impl Node {
             self.stats.drops.add(DropReason::NoTrack);
             return;
         };
-        let mut pt = pkt.header.payload_type;
+        let wire_pt = pkt.header.payload_type;
         let Some(published) = publisher.published.iter_mut().find(|p| p.mid == mid) else {
             self.stats.drops.add(DropReason::NoTrack);
             return;
         };
+        // The format of the packet's payload type (cached: one lookup per
+        // change of payload type); an audio RED type stands for its primary.
+        let mut params = match published.params {
+            Some((p, params)) if p == wire_pt => params,
+            _ => {
+                let Some(params) = publisher
+                    .rtc
+                    .codec_config()
+                    .find(|p| p.pt() == wire_pt || p.red() == Some(wire_pt))
+                    .copied()
+                else {
+                    self.stats.drops.add(DropReason::NoPayloadType);
+                    return;
+                };
+                published.params = Some((wire_pt, params));
+                params
+            }
+        };
+        let mut pt = wire_pt;
+        let mut media_payload = pkt.payload.clone();
         // Video in RED (a publisher that negotiated ULPFEC wraps every packet):
         // forward what is inside. Its ULPFEC packets are not used yet.
-        let mut media_payload = pkt.payload.clone();
-        let video_red = publisher
-            .rtc
-            .codec_config()
-            .find(|p| p.pt() == pt)
-            .is_some_and(|p| p.is_video_fec());
-        if video_red {
+        if params.is_video_fec() {
             let inner = match pkt.payload.first() {
                 Some(b) if b & 0x80 == 0 => Pt::new_with_value(*b),
                 _ => {
@@ -1345,35 +1351,23 @@ impl Node {
                     return;
                 }
             };
-            let is_fec = publisher
+            let Some(inner_params) = publisher
                 .rtc
                 .codec_config()
                 .find(|p| p.pt() == inner)
-                .is_some_and(|p| p.is_video_fec());
-            if is_fec {
+                .copied()
+            else {
+                self.stats.drops.add(DropReason::NoPayloadType);
+                return;
+            };
+            if inner_params.is_video_fec() {
                 self.skip_upstream_fec(from, mid, *ssrc, *pkt.seq_no);
                 return;
             }
             pt = inner;
+            params = inner_params;
             media_payload = Arc::from(&pkt.payload[1..]);
         }
-        // The codec of the packet; a RED payload type stands for its primary codec.
-        let params = match published.params {
-            Some((p, params)) if p == pt => params,
-            _ => {
-                let Some(params) = publisher
-                    .rtc
-                    .codec_config()
-                    .find(|p| p.pt() == pt || p.red() == Some(pt))
-                    .copied()
-                else {
-                    self.stats.drops.add(DropReason::NoPayloadType);
-                    return;
-                };
-                published.params = Some((pt, params));
-                params
-            }
-        };
         let is_red = params.pt() != pt;
         let track_id = published.track;
         let Some(room) = self.rooms.get_mut(&publisher.room) else {
@@ -1527,7 +1521,7 @@ impl Node {
                         // libwebrtc reasons.
                         let fec_codec = matches!(codec, CodecKind::Vp8 | CodecKind::Vp9);
                         if fec_codec && self.config.video_fec && out.fec.is_none() {
-                            out.fec = video_fec_for(&sub.rtc, mid);
+                            out.fec = VideoFec::for_mline(&sub.rtc, mid);
                         }
                         m
                     }
