@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Never send video FEC (ULPFEC) to subscribers.
     #[arg(long)]
     pub no_video_fec: bool,
+    /// Estimate subscribers' bandwidth with TWCC and choose simulcast layers
+    /// on it (without: tile sizes and REMB choose).
+    #[arg(long)]
+    pub bwe: bool,
     #[arg(long, env = "MERIDIAN_API_KEY")]
     pub api_key: Option<String>,
     /// HS256 secret for access tokens. Without it the server runs in dev mode.
@@ -54,6 +58,7 @@ pub struct FileConfig {
     pub nack: Option<bool>,
     pub audio_red: Option<bool>,
     pub video_fec: Option<bool>,
+    pub bwe: Option<bool>,
     pub api_key: Option<String>,
     pub api_secret: Option<String>,
 }
@@ -131,6 +136,7 @@ impl Config {
                 nack: !args.no_nack && file.nack.unwrap_or(true),
                 audio_red: !args.no_audio_red && file.audio_red.unwrap_or(true),
                 video_fec: !args.no_video_fec && file.video_fec.unwrap_or(true),
+                bwe: args.bwe || file.bwe.unwrap_or(false),
             },
             api_key: args
                 .api_key

@@ -28,9 +28,12 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::media::{
+    Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Simulcast,
+    SimulcastLayer,
+};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc};
 
 use meridian_netsim::{Link, LinkConfig};
@@ -79,6 +82,8 @@ pub struct SimConfig {
     pub video_fec: bool,
     /// Clients negotiate RTX for VP8.
     pub client_rtx: bool,
+    /// The node estimates subscribers' bandwidth (TWCC) and allocates layers on it.
+    pub bwe: bool,
 }
 
 impl Default for SimConfig {
@@ -95,6 +100,7 @@ impl Default for SimConfig {
             audio_red: node.audio_red,
             video_fec: node.video_fec,
             client_rtx: true,
+            bwe: node.bwe,
         }
     }
 }
@@ -139,6 +145,8 @@ pub struct LinkStats {
 struct Outgoing {
     kind: MediaKind,
     mid: Mid,
+    /// The simulcast layer, for a simulcast video m-line.
+    rid: Option<Rid>,
     codec: Codec,
     pt: Option<Pt>,
     next_seq: u64,
@@ -153,6 +161,8 @@ pub struct SimClient {
     pub identity: String,
     publish_audio: bool,
     publish_video: bool,
+    /// The `rid`s of its simulcast video, if it sends simulcast.
+    simulcast: Vec<String>,
     timeout: Instant,
     /// ICE + DTLS up.
     pub connected: bool,
@@ -195,6 +205,9 @@ pub struct SimClient {
     /// Audio it publishes goes as RED with this many earlier packets (as
     /// Chrome sends Opus when RED is negotiated); 0: plain.
     pub red_blocks: u8,
+    /// Audio it sends carries this RFC 6464 level (-dBov, 0 = loudest) and
+    /// the voice-activity flag; `None`: no level.
+    pub audio_level: Option<(u8, bool)>,
     /// Its last audio packets (timestamp, payload), for RED.
     sent_audio: VecDeque<(u32, Vec<u8>)>,
     /// Video packets its ULPFEC decoder recovered.
@@ -360,6 +373,7 @@ impl SimNet {
         node_config.resend = config.resend;
         node_config.audio_red = config.audio_red;
         node_config.video_fec = config.video_fec;
+        node_config.bwe = config.bwe;
         let node = Node::new(node_config, start);
         SimNet {
             node,
@@ -412,6 +426,10 @@ impl SimNet {
             .map(|c| c.up.stats().lost() + c.down.stats().lost())
             .sum();
         LinkStats { lost, ..self.link }
+    }
+
+    pub fn clients_len(&self) -> usize {
+        self.clients.len()
     }
 
     pub fn client(&self, id: ClientId) -> &SimClient {
@@ -566,13 +584,30 @@ impl SimNet {
     pub fn reconnect_publisher(&mut self, old: ClientId) -> ClientId {
         let c = &mut self.clients[old.0];
         c.closed = true;
-        let (room, identity, audio, video) = (
+        let (room, identity, audio, video, rids) = (
             c.room.clone(),
             c.identity.clone(),
             c.publish_audio,
             c.publish_video,
+            c.simulcast.clone(),
         );
-        let id = self.open_client(&room, &identity, audio, video);
+        let rids: Vec<&str> = rids.iter().map(String::as_str).collect();
+        let id = self.open_client_simulcast(&room, &identity, audio, video, &rids);
+        self.run_until_connected(id);
+        id
+    }
+
+    /// A publisher whose video goes as simulcast, one encoding per `rid`
+    /// (send each with [`SimNet::send_rtp_layer`]), connected before this
+    /// returns.
+    pub fn add_simulcast_publisher(
+        &mut self,
+        room: &str,
+        identity: &str,
+        audio: bool,
+        rids: &[&str],
+    ) -> ClientId {
+        let id = self.open_client_simulcast(room, identity, audio, true, rids);
         self.run_until_connected(id);
         id
     }
@@ -584,6 +619,18 @@ impl SimNet {
         identity: &str,
         audio: bool,
         video: bool,
+    ) -> ClientId {
+        self.open_client_simulcast(room, identity, audio, video, &[])
+    }
+
+    /// [`SimNet::open_client`], with simulcast video when `rids` is not empty.
+    pub fn open_client_simulcast(
+        &mut self,
+        room: &str,
+        identity: &str,
+        audio: bool,
+        video: bool,
+        rids: &[&str],
     ) -> ClientId {
         let now = self.now;
         let addr = self.next_client_addr();
@@ -610,16 +657,32 @@ impl SimNet {
             (video, MediaKind::Video, Codec::Vp8),
         ] {
             if on {
-                let mid = api.add_media(kind, Direction::SendOnly, None, None, None);
-                // A random base per session, as a browser picks one.
-                let next_seq = self.rng.random_range(1..u16::MAX) as u64;
-                outgoing.push(Outgoing {
-                    kind,
-                    mid,
-                    codec,
-                    pt: None,
-                    next_seq,
+                let layered = kind == MediaKind::Video && !rids.is_empty();
+                let simulcast = layered.then(|| {
+                    let mut s = Simulcast::new();
+                    for r in rids {
+                        s.add_send_layer(SimulcastLayer::new(r));
+                    }
+                    s
                 });
+                let mid = api.add_media(kind, Direction::SendOnly, None, None, simulcast);
+                let layers: Vec<Option<Rid>> = if layered {
+                    rids.iter().map(|r| Some(Rid::from(*r))).collect()
+                } else {
+                    vec![None]
+                };
+                for rid in layers {
+                    // A random base per session, as a browser picks one.
+                    let next_seq = self.rng.random_range(1..u16::MAX) as u64;
+                    outgoing.push(Outgoing {
+                        kind,
+                        mid,
+                        rid,
+                        codec,
+                        pt: None,
+                        next_seq,
+                    });
+                }
             }
         }
         api.add_channel("meridian".into());
@@ -645,6 +708,7 @@ impl SimNet {
             identity: identity.to_string(),
             publish_audio: audio,
             publish_video: video,
+            simulcast: rids.iter().map(|r| r.to_string()).collect(),
             timeout: now,
             connected: false,
             closed: false,
@@ -667,6 +731,7 @@ impl SimNet {
             held_offers: Vec::new(),
             retransmits: true,
             red_blocks: 0,
+            audio_level: None,
             sent_audio: VecDeque::new(),
             fec_recovered: 0,
             nacks: Default::default(),
@@ -727,13 +792,28 @@ impl SimNet {
         marker: bool,
         payload: &[u8],
     ) -> u64 {
+        self.send_rtp_layer(id, kind, None, timestamp, marker, payload)
+    }
+
+    /// [`SimNet::send_rtp`] on one simulcast layer (`rid`) of the m-line.
+    pub fn send_rtp_layer(
+        &mut self,
+        id: ClientId,
+        kind: MediaKind,
+        rid: Option<&str>,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+    ) -> u64 {
         let now = self.now;
         let c = &mut self.clients[id.0];
+        let rid = rid.map(Rid::from);
         let out = c
             .outgoing
             .iter_mut()
-            .find(|o| o.kind == kind)
-            .expect("the client publishes this kind");
+            .find(|o| o.kind == kind && (rid.is_none() || o.rid == rid))
+            .expect("the client publishes this kind (and layer)");
+        let rid = out.rid;
         let pt = match out.pt {
             Some(pt) => pt,
             None => {
@@ -743,7 +823,7 @@ impl SimNet {
                 // Answer every NACK, as browsers do: str0m's default stops
                 // resending above 15 % of the bytes, which would make the
                 // client, not the node, the limit on lossy uplinks.
-                if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(out.mid, None) {
+                if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(out.mid, rid) {
                     tx.set_rtx_cache(1024, Duration::from_secs(3), None);
                 }
                 pt
@@ -786,12 +866,18 @@ impl SimNet {
                 c.sent_audio.pop_front();
             }
         }
+        let mut ext = ExtensionValues::default();
+        if let (MediaKind::Audio, Some((level, voice))) = (kind, c.audio_level) {
+            ext.audio_level = Some(-(level.min(127) as i8));
+            ext.voice_activity = Some(voice);
+        }
         let mut api = c.rtc.direct_api();
         let tx = api
-            .stream_tx_by_mid(mid, None)
+            .stream_tx_by_mid(mid, rid)
             .expect("a send stream for the m-line");
         tx.write_rtp(
             RtpWrite::new(wire_pt, SeqNo::from(seq), timestamp, now, body)
+                .ext_vals(ext)
                 .marker(marker)
                 .nackable(kind == MediaKind::Video && c.retransmits),
         );

@@ -47,6 +47,17 @@ pub enum ClientMsg {
     Unsubscribe {
         track_ids: Vec<String>,
     },
+    /// How the client shows a track it receives: the size of its tile (the
+    /// server sends no larger layer than fills it), or hidden.
+    TrackSettings {
+        track_id: String,
+        #[serde(default)]
+        width: Option<u32>,
+        #[serde(default)]
+        height: Option<u32>,
+        #[serde(default)]
+        disabled: Option<bool>,
+    },
     Leave,
     Ping,
 }
@@ -61,6 +72,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "mute",
     "subscribe",
     "unsubscribe",
+    "track_settings",
     "leave",
     "ping",
 ];
@@ -79,6 +91,19 @@ pub struct ParticipantJson {
     pub identity: String,
     pub name: String,
     pub tracks: Vec<TrackJson>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerJson {
+    pub rid: String,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SpeakerJson {
+    pub peer_id: String,
+    /// 0–100.
+    pub level: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -127,6 +152,24 @@ pub enum ServerMsg {
     },
     TrackMap {
         tracks: Vec<TrackMapJson>,
+    },
+    /// A track this client receives is paused for lack of bandwidth, or
+    /// resumed.
+    TrackPaused {
+        track_id: String,
+        paused: bool,
+        reason: String,
+    },
+    /// To a publisher: send only the simulcast encodings marked active.
+    Layers {
+        track_id: String,
+        mid: String,
+        layers: Vec<LayerJson>,
+    },
+    /// The room's active speakers, loudest first, and the dominant one.
+    Speakers {
+        speakers: Vec<SpeakerJson>,
+        dominant: Option<String>,
     },
     ServerShutdown {
         reason: String,
@@ -228,6 +271,33 @@ impl From<PeerSignal> for ServerMsg {
                 peer_id: peer_id.to_string(),
                 track_id: track_id.to_string(),
                 muted,
+            },
+            PeerSignal::TrackPaused { track_id, paused } => ServerMsg::TrackPaused {
+                track_id: track_id.to_string(),
+                paused,
+                reason: "bandwidth".into(),
+            },
+            PeerSignal::PublisherLayers {
+                track_id,
+                mid,
+                layers,
+            } => ServerMsg::Layers {
+                track_id: track_id.to_string(),
+                mid,
+                layers: layers
+                    .into_iter()
+                    .map(|(rid, active)| LayerJson { rid, active })
+                    .collect(),
+            },
+            PeerSignal::Speakers { speakers, dominant } => ServerMsg::Speakers {
+                speakers: speakers
+                    .into_iter()
+                    .map(|(p, level)| SpeakerJson {
+                        peer_id: p.to_string(),
+                        level,
+                    })
+                    .collect(),
+                dominant: dominant.map(|p| p.to_string()),
             },
         }
     }

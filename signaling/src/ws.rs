@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use meridian_sfu::core::{
-    CommandError, JoinKind, JoinRequest, MuteTarget, PeerId, RoomId, TrackId,
+    CommandError, JoinKind, JoinRequest, MuteTarget, PeerId, RoomId, TrackId, TrackPrefs,
 };
 use meridian_sfu::io::{Command, PeerEvent, PEER_EVENT_QUEUE};
 use str0m::media::Mid;
@@ -300,6 +300,41 @@ impl Session {
                     peer,
                     tracks,
                     on: false,
+                    reply,
+                })
+                .await
+                .map(|_| vec![])
+            }
+            ClientMsg::TrackSettings {
+                track_id,
+                width,
+                height,
+                disabled,
+            } => {
+                let Some(track) = TrackId::parse(&track_id) else {
+                    return Step::Reply(vec![ServerMsg::error(
+                        ErrorCode::BadMessage,
+                        "track ids look like \"t12\"",
+                    )]);
+                };
+                let max_size = match (width, height) {
+                    (Some(w), Some(h)) if w > 0 && h > 0 => Some((w, h)),
+                    (None, None) => None,
+                    _ => {
+                        return Step::Reply(vec![ServerMsg::error(
+                            ErrorCode::BadMessage,
+                            "track_settings needs both \"width\" and \"height\" (> 0), or neither",
+                        )])
+                    }
+                };
+                let prefs = TrackPrefs {
+                    max_size,
+                    disabled: disabled.unwrap_or(false),
+                };
+                node.call(|reply| Command::TrackPrefs {
+                    peer,
+                    track,
+                    prefs,
                     reply,
                 })
                 .await

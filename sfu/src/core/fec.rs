@@ -61,6 +61,9 @@ pub struct VideoFec {
     /// Header extension ids to zero (transport-cc, abs-send-time).
     zero_ids: Vec<u8>,
     pub active: bool,
+    /// Most FEC packets per media packet the subscriber's bandwidth leaves
+    /// room for (set by the allocation; 0: none).
+    pub max_rate: f64,
     encoder: UlpfecEncoder,
     jobs: VecDeque<Job>,
     group_len: usize,
@@ -78,6 +81,7 @@ impl VideoFec {
             ulpfec_pt,
             zero_ids,
             active: false,
+            max_rate: protection_rate(1.0),
             encoder: UlpfecEncoder::new(),
             jobs: VecDeque::new(),
             group_len: 0,
@@ -113,7 +117,12 @@ impl VideoFec {
         if !marker && self.group_len < MAX_GROUP {
             return 0;
         }
-        let n = fec_count(self.group_len, protection_rate(loss));
+        let rate = protection_rate(loss).min(self.max_rate);
+        let n = if rate > 0.0 {
+            fec_count(self.group_len, rate)
+        } else {
+            0
+        };
         self.group_len = 0;
         n
     }

@@ -8,6 +8,7 @@ use str0m::media::Pt;
 
 use super::codec::CodecKind;
 use super::rewrite::{InPacket, RewriteDrop, SourceKey, StreamRewriter};
+use super::simulcast::{LayerSelector, LayerVerdict};
 use super::DropReason;
 
 /// What the router knows about one incoming packet, computed once and shared
@@ -22,6 +23,8 @@ pub struct FwdPacket {
     pub codec: CodecKind,
     pub clock_rate: u32,
     pub keyframe: bool,
+    /// Its simulcast layer (0 without simulcast).
+    pub layer: u8,
     /// Bumped by the track each time it is unmuted: forwarders re-sync.
     pub resume_epoch: u32,
 }
@@ -29,7 +32,16 @@ pub struct FwdPacket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Drop(DropReason),
-    Forward { seq: u64, ts: u32 },
+    /// Of a simulcast layer this subscriber does not receive (not counted:
+    /// every subscriber skips most layers).
+    Skip,
+    /// `switched`: the first packet after a change of source (layer
+    /// switch, resume): payload-level state (VP8 picture ids) re-anchors.
+    Forward {
+        seq: u64,
+        ts: u32,
+        switched: bool,
+    },
 }
 
 /// State of one outgoing stream of one subscriber.
@@ -38,8 +50,9 @@ pub struct Forwarder {
     first_seq: u16,
     first_ts: u32,
     rewriter: Option<StreamRewriter>,
-    /// Video waits for a keyframe before the first packet and after a resume.
-    waiting_keyframe: bool,
+    /// Video: the layer received, the layer wanted. It waits for a keyframe
+    /// before the first packet, after a resume and to switch layers.
+    pub layers: LayerSelector,
     resume_epoch: u32,
 }
 
@@ -50,7 +63,7 @@ impl Forwarder {
             first_seq,
             first_ts,
             rewriter: None,
-            waiting_keyframe: true,
+            layers: LayerSelector::new(Some(0)),
             resume_epoch: 0,
         }
     }
@@ -58,10 +71,21 @@ impl Forwarder {
     /// The track's source changed under this forwarder (WHEP switch): the
     /// decoder must start over on a keyframe.
     pub fn source_changed(&mut self) {
-        self.waiting_keyframe = true;
+        self.layers.reset();
         if let Some(r) = self.rewriter.as_mut() {
             r.discontinuity();
         }
+    }
+
+    /// The allocator's choice: `None` pauses the stream at once; another
+    /// layer is switched to on its next keyframe.
+    pub fn set_target(&mut self, layer: Option<u8>) {
+        if layer.is_none() && self.layers.current.is_some() {
+            if let Some(r) = self.rewriter.as_mut() {
+                r.discontinuity();
+            }
+        }
+        self.layers.set_target(layer);
     }
 
     pub fn decide(&mut self, p: &FwdPacket) -> Decision {
@@ -69,16 +93,24 @@ impl Forwarder {
             self.resume_epoch = p.resume_epoch;
             self.source_changed();
         }
-        if p.codec.is_video() && self.waiting_keyframe {
-            if !p.keyframe {
-                return Decision::Drop(DropReason::WaitingForKeyframe);
+        let mut switched = false;
+        if p.codec.is_video() {
+            match self.layers.check(usize::from(p.layer), p.keyframe) {
+                LayerVerdict::Forward => {}
+                LayerVerdict::Skip => return Decision::Skip,
+                LayerVerdict::WaitKeyframe => {
+                    return Decision::Drop(DropReason::WaitingForKeyframe)
+                }
+                LayerVerdict::Switch => switched = true,
             }
-            self.waiting_keyframe = false;
         }
         let (first_seq, first_ts) = (self.first_seq, self.first_ts);
         let rewriter = self
             .rewriter
             .get_or_insert_with(|| StreamRewriter::new(p.clock_rate, first_seq, first_ts));
+        if switched {
+            rewriter.switch_to(p.source);
+        }
         let rin = InPacket {
             source: p.source,
             seq: p.seq,
@@ -89,6 +121,7 @@ impl Forwarder {
             Ok(rw) => Decision::Forward {
                 seq: rw.seq,
                 ts: rw.ts,
+                switched,
             },
             Err(RewriteDrop::StaleSource) => Decision::Drop(DropReason::StaleSource),
             Err(RewriteDrop::BeforeSwitch) => Decision::Drop(DropReason::BeforeSwitch),
@@ -128,6 +161,7 @@ mod tests {
             codec: CodecKind::Vp8,
             clock_rate: 90_000,
             keyframe,
+            layer: 0,
             resume_epoch: epoch,
         }
     }

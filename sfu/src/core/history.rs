@@ -134,9 +134,11 @@ impl PacketHistory {
 pub struct SentPacket {
     pub out_seq: u64,
     pub out_ts: u32,
-    /// Its sequence number in the track's history, and the history's generation.
+    /// Its sequence number in the track's history (of its simulcast
+    /// layer), and the history's generation.
     pub src_seq: u64,
     pub generation: u32,
+    pub layer: u8,
     /// Payload bytes (feeds the retransmission budget).
     pub len: usize,
 }
@@ -148,6 +150,7 @@ struct SeqEntry {
     src_seq: u64,
     out_ts: u32,
     generation: u32,
+    layer: u8,
     /// Milliseconds since the sequencer's base when first sent.
     sent_ms: u32,
     /// Milliseconds since base of the last resend.
@@ -172,6 +175,7 @@ pub enum ResendOutcome {
     Resend {
         src_seq: u64,
         generation: u32,
+        layer: u8,
         out_ts: u32,
     },
     /// Never sent, or forgotten.
@@ -226,6 +230,7 @@ impl Sequencer {
             out_ts,
             src_seq,
             generation,
+            layer,
             len,
         } = p;
         let sent_ms = self.ms(now);
@@ -235,6 +240,7 @@ impl Sequencer {
             src_seq: src,
             out_ts,
             generation,
+            layer,
             sent_ms,
             resent_ms: 0,
             resends: 0,
@@ -328,6 +334,7 @@ impl Sequencer {
         ResendOutcome::Resend {
             src_seq: e.src_seq,
             generation: e.generation,
+            layer: e.layer,
             out_ts: e.out_ts,
         }
     }
@@ -363,6 +370,7 @@ mod tests {
             out_ts,
             src_seq,
             generation,
+            layer: 0,
             len,
         }
     }
@@ -414,6 +422,7 @@ mod tests {
             ResendOutcome::Resend {
                 src_seq: 53,
                 generation: 0,
+                layer: 0,
                 out_ts: 270
             }
         );

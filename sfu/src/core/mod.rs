@@ -5,6 +5,7 @@
 //! and signaling commands (`join`, `handle_offer`, …). Output: drain
 //! `poll_output()` until it returns `Output::Timeout`.
 
+pub mod allocator;
 pub mod codec;
 pub mod demux;
 pub mod fec;
@@ -14,6 +15,9 @@ pub mod ids;
 pub mod keyframe;
 pub mod redundancy;
 pub mod rewrite;
+pub mod simulcast;
+pub mod speaker;
+pub mod vp8;
 
 mod node;
 mod peer;
@@ -23,8 +27,8 @@ pub use history::ResendPolicy;
 pub use ids::{PeerId, RoomId, TrackId};
 pub use node::{
     CommandError, JoinKind, JoinRequest, MuteTarget, NackStats, Node, NodeConfig, NodeEvent,
-    NodeStats, Output, ParticipantInfo, PeerSignal, TrackInfo, TrackMapEntry,
-    DEFAULT_MAX_PEERS_PER_ROOM,
+    NodeStats, Output, ParticipantInfo, PeerSignal, SelectionState, TrackInfo, TrackMapEntry,
+    TrackPrefs, DEFAULT_MAX_PEERS_PER_ROOM,
 };
 pub use str0m::media::MediaKind;
 
@@ -68,10 +72,12 @@ pub enum DropReason {
     TooLate,
     /// A publisher's ULPFEC packet (not used for recovery yet).
     UpstreamFec,
+    /// A VP8 payload descriptor that does not parse.
+    BadVp8,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::UnknownSource,
         DropReason::UnknownUfrag,
         DropReason::BadStun,
@@ -90,6 +96,7 @@ impl DropReason {
         DropReason::BadRed,
         DropReason::TooLate,
         DropReason::UpstreamFec,
+        DropReason::BadVp8,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -112,6 +119,7 @@ impl DropReason {
             DropReason::BadRed => "bad_red",
             DropReason::TooLate => "too_late",
             DropReason::UpstreamFec => "upstream_fec",
+            DropReason::BadVp8 => "bad_vp8",
         }
     }
 }

@@ -13,7 +13,10 @@ use super::fec::VideoFec;
 use super::forward::Forwarder;
 use super::history::Sequencer;
 use super::ids::{PeerId, RoomId, TrackId};
+use super::node::Selection;
 use super::redundancy::{LossEstimate, RedLevel};
+use super::rewrite::SourceKey;
+use super::vp8::Vp8Munger;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PeerKind {
@@ -59,6 +62,12 @@ pub(crate) struct OutTrack {
     pub seq: Option<Sequencer>,
     /// ULPFEC towards this subscriber, if it negotiated it (video).
     pub fec: Option<VideoFec>,
+    /// VP8 picture ids continuous across layer switches and new sources.
+    pub vp8: Vp8Munger,
+    /// The source whose picture ids the munger maps now.
+    pub vp8_source: Option<SourceKey>,
+    /// Paused for lack of bandwidth (the client was told).
+    pub starved: bool,
 }
 
 #[derive(Debug)]
@@ -153,6 +162,8 @@ pub(crate) struct Peer {
     /// audio ones every five).
     pub red: RedLevel,
     pub loss: LossEstimate,
+    /// Its bandwidth estimate, preferences and layer allocation.
+    pub selection: Selection,
 }
 
 impl Peer {

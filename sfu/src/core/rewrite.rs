@@ -142,6 +142,20 @@ impl StreamRewriter {
         a.reserved.push_back((seq + 1, u64::MAX));
     }
 
+    /// The next packet starts `source` on purpose (a simulcast layer
+    /// switch): it re-anchors even if `source` was used before.
+    pub fn switch_to(&mut self, source: SourceKey) {
+        for r in &mut self.retired {
+            if *r == Some(source) {
+                *r = None;
+            }
+        }
+        let same = self.anchor.as_ref().map(|a| a.source) == Some(source);
+        if !same {
+            self.resync = true;
+        }
+    }
+
     /// Forwarding stopped (mute, layer pause); the next packet re-anchors.
     pub fn discontinuity(&mut self) {
         self.resync = true;

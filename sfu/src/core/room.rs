@@ -5,11 +5,10 @@ use std::time::Instant;
 
 use str0m::media::{MediaKind, Mid};
 
-use super::history::PacketHistory;
 use super::ids::{PeerId, RoomId, TrackId};
-use super::keyframe::KeyframeThrottle;
 use super::redundancy::AudioRecent;
-use super::rewrite::SourceKey;
+use super::simulcast::TrackLayers;
+use super::speaker::SpeakerDetector;
 
 #[derive(Debug)]
 pub(crate) struct Track {
@@ -32,12 +31,10 @@ pub(crate) struct Track {
     pub source_epoch: u64,
     /// Active outgoing streams: (subscriber, its m-line).
     pub subscribers: Vec<(PeerId, Mid)>,
-    pub keyframe: KeyframeThrottle,
     pub orphaned_until: Option<Instant>,
-    /// Recent packets for answering subscriber NACKs (video only, created
-    /// on the first packet) and the source they came from.
-    pub history: Option<PacketHistory>,
-    pub history_source: Option<SourceKey>,
+    /// Its simulcast layers (one without simulcast), each with its rate,
+    /// size, packet history (for NACKs) and keyframe-request throttle.
+    pub layers: TrackLayers,
     /// The last packets of an audio track, for RED (created on the first).
     pub audio: Option<AudioRecent>,
 }
@@ -48,6 +45,10 @@ pub(crate) struct Room {
     /// In join order.
     pub peers: Vec<PeerId>,
     pub tracks: BTreeMap<TrackId, Track>,
+    /// Audio levels of its audio tracks, ranked.
+    pub speakers: SpeakerDetector<TrackId>,
+    /// The audio track of the dominant speaker.
+    pub dominant: Option<TrackId>,
 }
 
 impl Room {
@@ -56,6 +57,8 @@ impl Room {
             id,
             peers: Vec::new(),
             tracks: BTreeMap::new(),
+            speakers: SpeakerDetector::new(Default::default()),
+            dominant: None,
         }
     }
 

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::core::{
     CommandError, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output,
-    ParticipantInfo, PeerId, PeerSignal, TrackId,
+    ParticipantInfo, PeerId, PeerSignal, TrackId, TrackPrefs,
 };
 use str0m::media::Mid;
 
@@ -96,6 +96,12 @@ pub enum Command {
         on: bool,
         reply: Reply<()>,
     },
+    TrackPrefs {
+        peer: PeerId,
+        track: TrackId,
+        prefs: TrackPrefs,
+        reply: Reply<()>,
+    },
     Leave {
         peer: PeerId,
     },
@@ -154,6 +160,9 @@ pub struct Recovery {
     pub nack: bool,
     pub audio_red: bool,
     pub video_fec: bool,
+    /// Estimate subscribers' downlinks with TWCC (str0m's BWE) and allocate
+    /// simulcast layers on it (off by default: see docs/ARCHITECTURE.md).
+    pub bwe: bool,
 }
 
 impl Default for Recovery {
@@ -162,6 +171,7 @@ impl Default for Recovery {
             nack: true,
             audio_red: true,
             video_fec: true,
+            bwe: false,
         }
     }
 }
@@ -201,6 +211,7 @@ pub fn spawn_node(
                 }
                 config.audio_red = recovery.audio_red;
                 config.video_fec = recovery.video_fec;
+                config.bwe = recovery.bwe;
                 let node = Node::new(config, Instant::now());
                 Worker {
                     node,
@@ -369,6 +380,14 @@ impl Worker {
                 reply,
             } => {
                 let _ = reply.send(self.node.subscribe(peer, &tracks, on));
+            }
+            Command::TrackPrefs {
+                peer,
+                track,
+                prefs,
+                reply,
+            } => {
+                let _ = reply.send(self.node.set_track_prefs(peer, track, prefs));
             }
             Command::Leave { peer } => {
                 self.sessions.remove(&peer);
