@@ -410,7 +410,7 @@ mod tests {
     use super::*;
 
     const STEP: Duration = Duration::from_millis(200);
-    const HOLD: Duration = Duration::from_millis(1500);
+    const HOLD: Duration = Duration::from_millis(1000);
 
     fn layers() -> Vec<Layer> {
         [
