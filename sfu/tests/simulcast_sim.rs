@@ -233,6 +233,17 @@ fn until_layer(
     None
 }
 
+/// The last `layers` message a publisher got: (rid, active).
+fn last_layers(sim: &SimNet, publisher: ClientId) -> Option<Vec<(String, bool)>> {
+    sim.signals(publisher)
+        .iter()
+        .rev()
+        .find_map(|(_, s)| match s {
+            PeerSignal::PublisherLayers { layers, .. } => Some(layers.clone()),
+            _ => None,
+        })
+}
+
 fn capped(rate: &str) -> LinkConfig {
     format!("delay=10ms,rate={rate},queue=150ms")
         .parse()
@@ -396,15 +407,7 @@ fn a_dropped_layer_moves_subscribers_down_and_unused_layers_pause() {
     set_tile(&mut sim, sub, Some((320, 180)));
     drive(&mut sim, &mut cam, &[], Duration::from_secs(5));
     let publisher = cam.client;
-    let last = sim
-        .signals(publisher)
-        .iter()
-        .rev()
-        .find_map(|(_, s)| match s {
-            PeerSignal::PublisherLayers { layers, .. } => Some(layers.clone()),
-            _ => None,
-        })
-        .expect("the publisher was told which layers to send");
+    let last = last_layers(&sim, publisher).expect("the publisher was told which layers to send");
     let active: Vec<bool> = last.iter().map(|(_, a)| *a).collect();
     assert_eq!(active, [true, false, false], "{last:?}");
     // A large tile again: h and f resume as soon as the subscriber's
@@ -416,15 +419,7 @@ fn a_dropped_layer_moves_subscribers_down_and_unused_layers_pause() {
     let mut all_at = None;
     while sim.now() < resumed + Duration::from_secs(10) {
         drive(&mut sim, &mut cam, &[], Duration::from_millis(250));
-        let last = sim
-            .signals(publisher)
-            .iter()
-            .rev()
-            .find_map(|(_, s)| match s {
-                PeerSignal::PublisherLayers { layers, .. } => Some(layers.clone()),
-                _ => None,
-            })
-            .unwrap();
+        let last = last_layers(&sim, publisher).unwrap();
         if last.iter().all(|(_, a)| *a) {
             all_at = Some(sim.now() - resumed);
             break;
