@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use futures_util::{SinkExt, StreamExt};
 use meridian_sfu::core::codec::{negotiated_pt, rtc_config};
-use meridian_sfu::core::fec::{video_fec_pts, FecReceiver};
+use meridian_sfu::core::fec::{receiver_for, video_fec_pts, FecReceiver};
 use meridian_signaling::protocol::{ClientMsg, ServerMsg};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
@@ -513,13 +513,7 @@ impl Driver {
         r: ReceivedRtp,
         events: &mpsc::Sender<ClientEvent>,
     ) {
-        if !self.fec_rx.contains_key(&mid) {
-            let Some(rx) = FecReceiver::for_mline(&self.rtc, mid, r.ssrc) else {
-                return;
-            };
-            self.fec_rx.insert(mid, rx);
-        }
-        let Some(rx) = self.fec_rx.get_mut(&mid) else {
+        let Some(rx) = receiver_for(&mut self.fec_rx, &self.rtc, mid, r.ssrc) else {
             return;
         };
         let mut out = Vec::new();

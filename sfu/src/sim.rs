@@ -248,13 +248,8 @@ impl SimClient {
     /// everything new recorded.
     fn receive_video_red(&mut self, mid: Mid, kind: MediaKind, pkt: &RtpPacket, now: Instant) {
         let ssrc = *pkt.header.ssrc;
-        if !self.fec_rx.contains_key(&mid) {
-            let Some(rx) = FecReceiver::for_mline(&self.rtc, mid, ssrc) else {
-                return;
-            };
-            self.fec_rx.insert(mid, rx);
-        }
-        let Some(rx) = self.fec_rx.get_mut(&mid) else {
+        let Some(rx) = crate::core::fec::receiver_for(&mut self.fec_rx, &self.rtc, mid, ssrc)
+        else {
             return;
         };
         let mut out = Vec::new();

@@ -327,6 +327,21 @@ fn mutable_extension_ids(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Vec<u8> {
 }
 
 /// The video RED and ULPFEC payload types `rtc` negotiated on `mid`.
+/// The ULPFEC receiver of `mid` in `receivers`, made on its first RED
+/// packet; `None` when the m-line negotiated no ULPFEC.
+pub fn receiver_for<'a>(
+    receivers: &'a mut std::collections::HashMap<str0m::media::Mid, FecReceiver>,
+    rtc: &str0m::Rtc,
+    mid: str0m::media::Mid,
+    ssrc: u32,
+) -> Option<&'a mut FecReceiver> {
+    use std::collections::hash_map::Entry;
+    match receivers.entry(mid) {
+        Entry::Occupied(e) => Some(e.into_mut()),
+        Entry::Vacant(v) => Some(v.insert(FecReceiver::for_mline(rtc, mid, ssrc)?)),
+    }
+}
+
 pub fn video_fec_pts(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<(Pt, Pt)> {
     let media = rtc.media(mid)?;
     let negotiated = |codec: str0m::format::Codec| {

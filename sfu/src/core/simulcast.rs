@@ -257,8 +257,6 @@ pub struct LayerSelector {
     pub current: Option<u8>,
     /// The layer the allocator chose (`None`: paused).
     pub target: Option<u8>,
-    /// Switches made (layer changes on a keyframe).
-    pub switches: u32,
 }
 
 impl LayerSelector {
@@ -266,7 +264,6 @@ impl LayerSelector {
         LayerSelector {
             current: None,
             target,
-            switches: 0,
         }
     }
 
@@ -284,9 +281,6 @@ impl LayerSelector {
         }
         if !keyframe {
             return LayerVerdict::WaitKeyframe;
-        }
-        if self.current.is_some() {
-            self.switches += 1;
         }
         self.current = layer;
         LayerVerdict::Switch
@@ -363,7 +357,6 @@ mod tests {
         assert_eq!(s.check(2, false), LayerVerdict::WaitKeyframe);
         assert_eq!(s.check(2, true), LayerVerdict::Switch);
         assert_eq!(s.check(0, true), LayerVerdict::Skip);
-        assert_eq!(s.switches, 1);
         s.set_target(None);
         assert_eq!(s.check(2, true), LayerVerdict::Skip);
         s.set_target(Some(2));

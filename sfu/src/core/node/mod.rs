@@ -291,6 +291,21 @@ pub struct NackStats {
     pub over_budget: u64,
 }
 
+impl NackStats {
+    /// Counts a NACKed packet that is not resent, under its reason.
+    fn count_refusal(&mut self, outcome: ResendOutcome) {
+        match outcome {
+            ResendOutcome::Resend { .. } => {}
+            ResendOutcome::Unknown => self.unknown += 1,
+            ResendOutcome::MissingUpstream => self.missing_upstream += 1,
+            ResendOutcome::TooLate => self.too_late += 1,
+            ResendOutcome::InFlight => self.in_flight += 1,
+            ResendOutcome::MaxResends => self.max_resends += 1,
+            ResendOutcome::OverBudget => self.over_budget += 1,
+        }
+    }
+}
+
 pub struct Node {
     config: NodeConfig,
     now: Instant,
@@ -1862,37 +1877,15 @@ impl Node {
             if !answer {
                 continue;
             }
-            let (src_seq, generation, layer, out_ts) = match outcome {
-                ResendOutcome::Resend {
-                    src_seq,
-                    generation,
-                    layer,
-                    out_ts,
-                } => (src_seq, generation, layer, out_ts),
-                ResendOutcome::Unknown => {
-                    nack.unknown += 1;
-                    continue;
-                }
-                ResendOutcome::MissingUpstream => {
-                    nack.missing_upstream += 1;
-                    continue;
-                }
-                ResendOutcome::TooLate => {
-                    nack.too_late += 1;
-                    continue;
-                }
-                ResendOutcome::InFlight => {
-                    nack.in_flight += 1;
-                    continue;
-                }
-                ResendOutcome::MaxResends => {
-                    nack.max_resends += 1;
-                    continue;
-                }
-                ResendOutcome::OverBudget => {
-                    nack.over_budget += 1;
-                    continue;
-                }
+            let ResendOutcome::Resend {
+                src_seq,
+                generation,
+                layer,
+                out_ts,
+            } = outcome
+            else {
+                nack.count_refusal(outcome);
+                continue;
             };
             // A packet of the layer it switched away from: the keyframe it
             // switched on made it useless (and its picture ids are mapped

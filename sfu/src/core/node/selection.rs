@@ -85,7 +85,7 @@ impl Selection {
     }
 }
 
-fn priority(t: &Track, dominant: Option<TrackId>, dominant_owner: Option<&str>) -> Priority {
+fn priority(t: &Track, dominant_owner: Option<&str>) -> Priority {
     if t.kind == MediaKind::Audio {
         return Priority::Audio;
     }
@@ -93,7 +93,7 @@ fn priority(t: &Track, dominant: Option<TrackId>, dominant_owner: Option<&str>) 
         return Priority::Screen;
     }
     // The dominant speaker's camera: the audio track is the speaker.
-    if dominant.is_some() && dominant_owner == Some(t.identity.as_str()) {
+    if dominant_owner == Some(t.identity.as_str()) {
         return Priority::Speaker;
     }
     Priority::Normal
@@ -172,8 +172,8 @@ impl Node {
             let Some(room) = self.rooms.get_mut(&peer.room) else {
                 continue;
             };
-            let dominant = room.dominant;
-            let dominant_owner = dominant
+            let dominant_owner = room
+                .dominant
                 .and_then(|d| room.tracks.get(&d))
                 .map(|t| t.identity.clone());
             demands.clear();
@@ -193,7 +193,7 @@ impl Node {
                 let prefs = peer.selection.prefs.get(&t.id).copied().unwrap_or_default();
                 demands.push(TrackDemand {
                     key: (out.mid, t.id),
-                    priority: priority(t, dominant, dominant_owner.as_deref()),
+                    priority: priority(t, dominant_owner.as_deref()),
                     layers: layer_buf.clone(),
                     max_size: prefs.max_size,
                     disabled: prefs.disabled,
