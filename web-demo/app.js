@@ -27,10 +27,26 @@ const ui = {
 
 /** @type {MeridianClient|null} */
 let client = null;
-/** Remote tiles by peer id: { el, video, audio, statsLine, participant, videoReceiver, videoMid, last } */
+/** Remote tiles by peer id: { el, video, audio, statsLine, participant, videoReceiver, videoMid, videoTrackId, last } */
 const remoteTiles = new Map();
 let localTile = null;
 let statsTimer = null;
+/** The peer id of the pinned (spotlight) tile, if any; the others become thumbnails. */
+let pinnedPeerId = null;
+
+/**
+ * Tells the server the size each remote video is shown at, so it forwards no
+ * larger simulcast layer than the tile can show. Sizes settle for a moment
+ * before they are sent: a window being dragged would otherwise send dozens.
+ */
+const tileSizes = new ResizeObserver((entries) => {
+  for (const entry of entries) {
+    const tile = [...remoteTiles.values()].find((t) => t.video === entry.target);
+    if (!tile) continue;
+    clearTimeout(tile.resizeTimer);
+    tile.resizeTimer = setTimeout(() => sendTileSize(tile), 150);
+  }
+});
 
 // ---- start-up ----------------------------------------------------------------
 
@@ -55,6 +71,7 @@ window.meridianDemo = {
     return client;
   },
   stats: collectTileStats,
+  outbound: collectOutboundStats,
 };
 
 if (params.get('autojoin') === '1' && ui.room.value && ui.name.value) join();
@@ -76,11 +93,20 @@ async function join() {
     // (`meridian netsim`), and refuse video FEC.
     udpVia: params.get('via'),
     videoFec: params.get('fec') !== '0',
+    simulcast: params.get('simulcast') !== '0',
+    ...captureConstraints(params.get('video')),
   });
   wireClientEvents(client);
 
+  // ?publish=0 joins as a viewer: no camera, no microphone.
+  const publish = params.get('publish') !== '0';
   try {
-    await client.connect('/ws', { room, name, token: params.get('token') ?? undefined });
+    await client.connect('/ws', {
+      room,
+      name,
+      token: params.get('token') ?? undefined,
+      ...(publish ? {} : { stream: null }),
+    });
   } catch (err) {
     console.error(err);
     const failed = client;
@@ -102,6 +128,7 @@ function wireClientEvents(c) {
     localTile.el.classList.add('local');
     localTile.el.dataset.local = 'true';
     localTile.video.srcObject = c.localStream;
+    if (!c.localStream?.getVideoTracks().length) localTile.el.classList.add('camera-off');
     ui.tiles.prepend(localTile.el);
     for (const participant of participants) ensureRemoteTile(participant);
     statsTimer = setInterval(updateStatsLines, 1000);
@@ -117,13 +144,15 @@ function wireClientEvents(c) {
     if (participant) addChatLine(null, `${participant.name} left`);
   });
 
-  c.on('trackadded', ({ peerId, kind, track, receiver, mid, participant }) => {
+  c.on('trackadded', ({ peerId, trackId, kind, track, receiver, mid, participant }) => {
     const tile = ensureRemoteTile(participant ?? { peerId, name: peerId });
     if (kind === 'video') {
       tile.video.srcObject = new MediaStream([track]);
       tile.videoReceiver = receiver;
       tile.videoMid = mid;
+      tile.videoTrackId = trackId;
       tile.last = null;
+      sendTileSize(tile);
     } else {
       tile.audio.srcObject = new MediaStream([track]);
       playAudio(tile.audio);
@@ -138,6 +167,8 @@ function wireClientEvents(c) {
       tile.video.srcObject = null;
       tile.videoReceiver = null;
       tile.videoMid = null;
+      tile.videoTrackId = null;
+      tile.el.classList.remove('paused');
       tile.statsLine.textContent = '';
     } else if (kind === 'audio') {
       tile.audio.srcObject = null;
@@ -147,6 +178,20 @@ function wireClientEvents(c) {
   c.on('trackpublished', ({ peerId }) => refreshBadges(remoteTiles.get(peerId)));
   c.on('trackunpublished', ({ peerId }) => refreshBadges(remoteTiles.get(peerId)));
   c.on('muted', ({ peerId }) => refreshBadges(remoteTiles.get(peerId)));
+
+  // The server stopped forwarding a video for lack of bandwidth, or resumed it.
+  c.on('trackpaused', ({ trackId, paused }) => {
+    const tile = [...remoteTiles.values()].find((t) => t.videoTrackId === trackId);
+    if (tile) {
+      tile.el.classList.toggle('paused', paused);
+      refreshBadges(tile);
+    }
+  });
+
+  c.on('speakers', ({ dominant }) => {
+    for (const [peerId, tile] of remoteTiles) tile.el.classList.toggle('speaking', peerId === dominant);
+    localTile?.el.classList.toggle('speaking', dominant != null && dominant === c.peerId);
+  });
 
   c.on('chatready', () => {
     ui.chatInput.disabled = false;
@@ -166,9 +211,19 @@ function wireClientEvents(c) {
   });
 }
 
+/** `?video=640x360` captures the camera at that size instead of 720p. */
+function captureConstraints(size) {
+  const m = /^(\d{2,4})x(\d{2,4})$/.exec(size ?? '');
+  if (!m) return {};
+  const video = { width: Number(m[1]), height: Number(m[2]), frameRate: 24 };
+  return { mediaConstraints: { audio: true, video } };
+}
+
 function resetUi() {
   clearInterval(statsTimer);
   statsTimer = null;
+  pinnedPeerId = null;
+  ui.tiles.classList.remove('has-spotlight');
   for (const peerId of [...remoteTiles.keys()]) removeRemoteTile(peerId);
   localTile?.el.remove();
   localTile = null;
@@ -244,9 +299,14 @@ function ensureRemoteTile(participant) {
   tile.el.append(tile.audio);
   tile.videoReceiver = null;
   tile.videoMid = null;
+  tile.videoTrackId = null;
   tile.last = null;
+  tile.resizeTimer = null;
+  tile.el.title = 'Click to pin';
+  tile.el.addEventListener('click', () => togglePin(participant.peerId));
   remoteTiles.set(participant.peerId, tile);
   ui.tiles.append(tile.el);
+  tileSizes.observe(tile.video);
   refreshBadges(tile);
   return tile;
 }
@@ -254,20 +314,49 @@ function ensureRemoteTile(participant) {
 function removeRemoteTile(peerId) {
   const tile = remoteTiles.get(peerId);
   if (!tile) return;
+  if (pinnedPeerId === peerId) togglePin(peerId);
+  tileSizes.unobserve(tile.video);
+  clearTimeout(tile.resizeTimer);
   tile.video.srcObject = null;
   tile.audio.srcObject = null;
   tile.el.remove();
   remoteTiles.delete(peerId);
 }
 
-/** Shows "camera off" / "mic off" from the participant's published track state. */
+/**
+ * Pins a remote tile: it fills the width and the others shrink to a strip of
+ * thumbnails (which then get small simulcast layers). Pinning it again unpins.
+ */
+function togglePin(peerId) {
+  pinnedPeerId = pinnedPeerId === peerId ? null : peerId;
+  for (const [id, tile] of remoteTiles) tile.el.classList.toggle('spotlight', id === pinnedPeerId);
+  ui.tiles.classList.toggle('has-spotlight', pinnedPeerId !== null);
+}
+
+/** Sends the tile's size in device pixels (or "hidden") for its video track. */
+function sendTileSize(tile) {
+  tile.resizeTimer = null;
+  if (!client || !tile.videoTrackId) return;
+  const { clientWidth: width, clientHeight: height } = tile.video;
+  const dpr = window.devicePixelRatio || 1;
+  if (width === 0 || height === 0) {
+    client.setTrackSettings(tile.videoTrackId, { disabled: true });
+  } else {
+    client.setTrackSettings(tile.videoTrackId, { width: width * dpr, height: height * dpr });
+  }
+}
+
+/** Shows "camera off" / "mic off" / "paused" from the participant's track state. */
 function refreshBadges(tile) {
   if (!tile) return;
   const tracks = [...(client?.participants.get(tile.participant.peerId)?.tracks.values() ?? [])];
   const videoOff = tracks.some((t) => t.kind === 'video' && t.muted);
   const micOff = tracks.some((t) => t.kind === 'audio' && t.muted);
   tile.el.classList.toggle('camera-off', videoOff);
-  tile.badges.textContent = micOff ? '🔇 mic off' : '';
+  const badges = [];
+  if (micOff) badges.push('🔇 mic off');
+  if (tile.el.classList.contains('paused')) badges.push('⏸ low bandwidth');
+  tile.badges.textContent = badges.join(' ');
 }
 
 /** Browsers may block audio autoplay until the user interacts with the page. */
@@ -337,6 +426,7 @@ async function readVideoStats(receiver) {
     framesDecoded: inbound?.framesDecoded ?? 0,
     frameWidth: inbound?.frameWidth ?? 0,
     frameHeight: inbound?.frameHeight ?? 0,
+    framesPerSecond: inbound?.framesPerSecond ?? 0,
     codec: (inbound?.codecId && report.get(inbound.codecId)?.mimeType) || null,
     rtt,
   };
@@ -375,8 +465,32 @@ async function collectTileStats() {
         name: tile.participant.name,
         framesDecoded: s?.framesDecoded ?? 0,
         frameWidth: s?.frameWidth ?? 0,
+        frameHeight: s?.frameHeight ?? 0,
         codec: s?.codec ?? null,
+        tileWidth: tile.video.clientWidth,
+        tileHeight: tile.video.clientHeight,
+        pinned: tile.participant.peerId === pinnedPeerId,
+        speaking: tile.el.classList.contains('speaking'),
       };
     }),
   );
+}
+
+/** For tests: the camera's outbound encodings (one per simulcast rid). */
+async function collectOutboundStats() {
+  const sender = client?.pc?.getSenders().find((s) => s.track?.kind === 'video');
+  if (!sender) return [];
+  const active = new Map((sender.getParameters().encodings ?? []).map((e) => [e.rid ?? null, e.active]));
+  const report = await sender.getStats();
+  return [...report.values()]
+    .filter((s) => s.type === 'outbound-rtp' && s.kind === 'video')
+    .map((s) => ({
+      rid: s.rid ?? null,
+      active: active.get(s.rid ?? null) ?? true,
+      frameWidth: s.frameWidth ?? 0,
+      frameHeight: s.frameHeight ?? 0,
+      framesEncoded: s.framesEncoded ?? 0,
+      bytesSent: s.bytesSent ?? 0,
+    }))
+    .sort((a, b) => a.frameWidth - b.frameWidth);
 }

@@ -18,6 +18,9 @@
 //   trackadded         { peerId, trackId, mid, kind, track, receiver, participant }
 //   trackremoved       { peerId, trackId, mid, kind, track, receiver }
 //   muted              { peerId, trackId, kind, muted }
+//   trackpaused        { trackId, paused, reason }    (server stopped forwarding for lack of bandwidth)
+//   layers             { mid, layers: [{ rid, active }] } (simulcast encodings the server asked for; applied)
+//   speakers           { speakers: [{ peerId, level }], dominant }  (loudest first, level 0–100)
 //   chatready          {}                            (data channel open)
 //   chat               { from, name, data }
 //   connectionstatechange { state }
@@ -38,14 +41,20 @@ export class MeridianClient {
    * @param {string} [options.udpVia] send media to this 'ip:port' instead of the
    *   server's ICE candidates (a UDP proxy such as `meridian netsim`, for testing)
    * @param {boolean} [options.videoFec] false: refuse video RED/ULPFEC from the server
+   * @param {boolean|object[]} [options.simulcast] publish the camera as simulcast:
+   *   true for SIMULCAST_ENCODINGS (q/h/f), an array of RTCRtpEncodingParameters
+   *   with `rid`s for others, false for one encoding
    */
   constructor(options = {}) {
     this.options = {
       preferCodec: null,
-      mediaConstraints: { audio: true, video: { width: 640, height: 360, frameRate: 24 } },
+      // 720p: large enough for three simulcast layers (browsers send fewer
+      // for small captures, e.g. Chrome two at 640x360).
+      mediaConstraints: { audio: true, video: { width: 1280, height: 720, frameRate: 24 } },
       iceServers: [],
       udpVia: null,
       videoFec: true,
+      simulcast: true,
       ...options,
     };
     this.ws = null;
@@ -70,6 +79,8 @@ export class MeridianClient {
     this._closed = false;
     this._cameraMuted = false;
     this._micMuted = false;
+    this._trackSettings = new Map(); // trackId -> JSON of the last track_settings sent
+    this._layersQueue = Promise.resolve(); // setParameters calls, one at a time
   }
 
   // ---- events -------------------------------------------------------------
@@ -183,6 +194,26 @@ export class MeridianClient {
     this._shutdown('left');
   }
 
+  /**
+   * Tells the server how a received video track is shown, so that it forwards
+   * no simulcast layer larger than needed: `{ width, height }` of its tile in
+   * device pixels, `{ disabled: true }` when hidden, `{}` to lift the limits.
+   * Repeating the same settings sends nothing.
+   */
+  setTrackSettings(trackId, { width, height, disabled } = {}) {
+    const message = { type: 'track_settings', track_id: trackId };
+    if (disabled) {
+      message.disabled = true;
+    } else if (width > 0 && height > 0) {
+      message.width = Math.round(width);
+      message.height = Math.round(height);
+    }
+    const key = JSON.stringify(message);
+    if (this._trackSettings.get(trackId) === key) return;
+    this._trackSettings.set(trackId, key);
+    this._send(message);
+  }
+
   /** The receiving transceiver state for a remote track, if it has media. */
   remoteTrack(trackId) {
     for (const [mid, info] of this._announced) {
@@ -248,6 +279,24 @@ export class MeridianClient {
       case 'track_muted':
         this._onTrackMuted(msg.peer_id, msg.track_id, msg.muted);
         break;
+      case 'track_paused':
+        this._emit('trackpaused', {
+          trackId: msg.track_id,
+          paused: Boolean(msg.paused),
+          reason: msg.reason ?? null,
+        });
+        break;
+      case 'layers':
+        this._applyLayers(String(msg.mid), msg.layers ?? []);
+        break;
+      case 'speakers':
+        this._emit('speakers', {
+          speakers: (msg.speakers ?? []).map((s) => ({ peerId: s.peer_id, level: s.level ?? 0 })),
+          dominant: msg.dominant ?? null,
+        });
+        break;
+      case 'pong':
+        break;
       case 'server_shutdown':
         this._emit('error', { code: 'server_shutdown', message: msg.reason ?? 'server is stopping' });
         break;
@@ -297,7 +346,10 @@ export class MeridianClient {
       this._audioTransceiver = pc.addTransceiver(audio, { direction: 'sendonly', streams });
     }
     if (video) {
-      this._videoTransceiver = pc.addTransceiver(video, { direction: 'sendonly', streams });
+      const init = { direction: 'sendonly', streams };
+      const encodings = simulcastEncodings(this.options.simulcast);
+      if (encodings) init.sendEncodings = encodings;
+      this._videoTransceiver = pc.addTransceiver(video, init);
       if (this.options.preferCodec) {
         applyCodecPreference(this._videoTransceiver, this.options.preferCodec);
       }
@@ -474,6 +526,31 @@ export class MeridianClient {
     return this.pc?.getTransceivers().find((t) => t.mid === mid) ?? null;
   }
 
+  /**
+   * Turns simulcast encodings on and off as the server asks (dynacast): an
+   * encoding no subscriber takes is not worth encoding or sending.
+   */
+  _applyLayers(mid, layers) {
+    const wanted = new Map(layers.map((l) => [String(l.rid), Boolean(l.active)]));
+    this._layersQueue = this._layersQueue
+      .then(async () => {
+        const sender = this.pc?.getTransceivers().find((t) => t.mid === mid)?.sender;
+        if (!sender) return;
+        const params = sender.getParameters();
+        let changed = false;
+        for (const encoding of params.encodings ?? []) {
+          const active = encoding.rid != null ? wanted.get(encoding.rid) : undefined;
+          if (active !== undefined && encoding.active !== active) {
+            encoding.active = active;
+            changed = true;
+          }
+        }
+        if (changed) await sender.setParameters(params);
+        this._emit('layers', { mid, layers: (params.encodings ?? []).map((e) => ({ rid: e.rid, active: e.active })) });
+      })
+      .catch((err) => console.warn('meridian: could not apply layers', err));
+  }
+
   _sendMute(transceiver, muted) {
     if (transceiver.mid != null) this._send({ type: 'mute', mid: transceiver.mid, muted: Boolean(muted) });
   }
@@ -547,6 +624,23 @@ export class MeridianClient {
 }
 
 // ---- helpers ------------------------------------------------------------------
+
+/**
+ * The camera's simulcast encodings, lowest first: quarter, half and full
+ * resolution. The bitrate caps match what the server assumes for a layer it
+ * has not measured yet.
+ */
+export const SIMULCAST_ENCODINGS = Object.freeze([
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+]);
+
+function simulcastEncodings(option) {
+  if (option === true) return SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+  if (Array.isArray(option) && option.length > 0) return option.map((e) => ({ ...e }));
+  return null;
+}
 
 function trackInfo(t) {
   return { trackId: t.track_id, kind: t.kind, muted: Boolean(t.muted), label: t.label ?? null };

@@ -14,29 +14,16 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { launchPage, sleep, waitForServer } from './lib.mjs';
 
 const BIN = process.env.MERIDIAN_BIN;
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const HTTP = '127.0.0.1:18180';
 const UDP_PORT = 18181;
 const PROXIES = { fec: 18182, nofec: 18183 };
 const ROOM = 'fec-test';
 
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
-  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-];
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const children = [];
-const contexts = [];
-const dirs = [];
+const opened = [];
 
 function start(args) {
   const child = spawn(BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -48,17 +35,9 @@ function start(args) {
 }
 
 async function open(name, query) {
-  const dir = await mkdtemp(path.join(tmpdir(), `meridian-fec-${name}-`));
-  dirs.push(dir);
-  const context = await chromium.launchPersistentContext(dir, {
-    executablePath: CHROMIUM,
-    args: CHROMIUM_ARGS,
-    headless: true,
-  });
-  contexts.push(context);
-  const page = context.pages()[0] ?? (await context.newPage());
-  await page.goto(`http://${HTTP}/?room=${ROOM}&name=${name}&autojoin=1${query}`);
-  return page;
+  const peer = await launchPage(name, `http://${HTTP}/?room=${ROOM}&name=${name}&autojoin=1${query}`);
+  opened.push(peer);
+  return peer.page;
 }
 
 /** Inbound video RTP stats of a page, summed over its remote videos. */
@@ -90,27 +69,21 @@ before(async () => {
       '--down', 'loss=10%', '--seed', String(port),
     ]);
   }
-  for (let i = 0; ; i++) {
-    try {
-      const r = await fetch(`http://${HTTP}/healthz`);
-      if (r.ok) break;
-    } catch {}
-    assert.ok(i < 100, `server did not start: ${children[0].log()}`);
-    await sleep(200);
-  }
+  await waitForServer(`http://${HTTP}`).catch((err) => {
+    throw new Error(`${err.message}; server log: ${children[0].log()}`);
+  });
 });
 
 after(async () => {
-  for (const c of contexts) await c.close().catch(() => {});
+  for (const peer of opened) await peer.close();
   for (const child of children) child.kill('SIGTERM');
-  for (const d of dirs) await rm(d, { recursive: true, force: true });
 });
 
 test('Chrome recovers lost video packets from Meridian\'s ULPFEC', { timeout: 120_000 }, async () => {
-  await open('pub', '');
+  await open('pub', '&video=640x360');
   const pages = {
-    fec: await open('fec', `&via=127.0.0.1:${PROXIES.fec}`),
-    nofec: await open('nofec', `&via=127.0.0.1:${PROXIES.nofec}&fec=0`),
+    fec: await open('fec', `&publish=0&via=127.0.0.1:${PROXIES.fec}`),
+    nofec: await open('nofec', `&publish=0&via=127.0.0.1:${PROXIES.nofec}&fec=0`),
   };
   // Wait for video at both, then let the node learn the loss (1 s windows).
   for (const [name, page] of Object.entries(pages)) {

@@ -7,56 +7,27 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchPage, sleep, waitForServer, waitUntil } from './lib.mjs';
 
 const BASE_URL = process.env.MERIDIAN_URL ?? 'http://127.0.0.1:8080';
-const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const ROOM = 'br-test';
 const ARTIFACTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'artifacts');
 
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--allow-loopback-in-peer-connection',
-  '--disable-features=WebRtcHideLocalIpsWithMdns',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-];
-
+// 360p capture keeps three encoding pages light on a small machine (Chrome
+// then sends two simulcast layers); simulcast.mjs publishes the full 720p.
 const PARTICIPANTS = [
-  { name: 'alice', query: '' },
-  { name: 'bob', query: '' },
-  { name: 'carol', query: '&codec=H264' },
+  { name: 'alice', query: '&video=640x360' },
+  { name: 'bob', query: '&video=640x360' },
+  { name: 'carol', query: '&video=640x360&codec=H264' },
 ];
 
-/** name -> { name, context, page, dir, log: string[] } */
+/** name -> { name, page, log, close } */
 const peers = new Map();
 
 // ---- helpers -------------------------------------------------------------------
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `probe` until it returns a truthy value; fails with `describe(last)` on timeout. */
-async function waitUntil(probe, { timeout, interval = 500, describe = (v) => JSON.stringify(v) }) {
-  const deadline = Date.now() + timeout;
-  let last;
-  for (;;) {
-    last = await probe();
-    if (last?.ok ?? last) return last;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms: ${describe(last)}`);
-    await sleep(interval);
-  }
-}
 
 /** Per-remote-tile stats from the page's window.meridianDemo.stats(). */
 function tileStats(peer) {
@@ -82,60 +53,9 @@ async function frameProgress(peer, ms) {
 }
 
 async function launchPeer({ name, query }) {
-  const dir = await mkdtemp(path.join(tmpdir(), `meridian-br-${name}-`));
-  const context = await chromium.launchPersistentContext(dir, {
-    executablePath: CHROMIUM,
-    args: CHROMIUM_ARGS,
-    viewport: { width: 1280, height: 720 },
-    timeout: 60_000,
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  const peer = { name, context, page, dir, log: [] };
-  const note = (line) => peer.log.push(`${new Date().toISOString()} ${line}`);
-
-  page.on('console', (msg) => note(`console.${msg.type()}: ${msg.text()}`));
-  page.on('pageerror', (err) => note(`pageerror: ${err.message}`));
-  page.on('websocket', (ws) => {
-    note(`ws open ${ws.url()}`);
-    ws.on('framesent', ({ payload }) => note(`ws > ${abbreviate(payload)}`));
-    ws.on('framereceived', ({ payload }) => note(`ws < ${abbreviate(payload)}`));
-    ws.on('close', () => note('ws closed'));
-  });
-
-  const url = `${BASE_URL}/?room=${ROOM}&name=${name}&autojoin=1${query}`;
-  await page.goto(url, { timeout: 30_000 });
+  const peer = await launchPage(name, `${BASE_URL}/?room=${ROOM}&name=${name}&autojoin=1${query}`);
   peers.set(name, peer);
   return peer;
-}
-
-/** Shortens SDP in logged signaling messages to its m= lines. */
-function abbreviate(payload) {
-  const text = String(payload);
-  try {
-    const msg = JSON.parse(text);
-    if (typeof msg.sdp === 'string') {
-      msg.sdp = msg.sdp
-        .split('\r\n')
-        .filter((l) => /^(m=|a=mid:|a=(sendrecv|sendonly|recvonly|inactive)$|a=rtpmap:|a=candidate:|a=ice-lite)/.test(l))
-        .join(' | ');
-    }
-    return JSON.stringify(msg);
-  } catch {
-    return text.slice(0, 500);
-  }
-}
-
-async function waitForServer() {
-  await waitUntil(
-    async () => {
-      try {
-        return (await fetch(`${BASE_URL}/healthz`)).ok;
-      } catch {
-        return false;
-      }
-    },
-    { timeout: 20_000, describe: () => `${BASE_URL}/healthz not answering` },
-  );
 }
 
 /** Every page has tiles for both others, and their framesDecoded keeps rising. */
@@ -168,7 +88,7 @@ async function assertAllVideosFlow() {
 before(
   async () => {
     await mkdir(ARTIFACTS, { recursive: true });
-    await waitForServer();
+    await waitForServer(BASE_URL);
     // Start one at a time: joining in a fixed order keeps the run predictable
     // and avoids three browsers starting at once on a small machine.
     for (const participant of PARTICIPANTS) await launchPeer(participant);
@@ -180,8 +100,7 @@ after(
   async () => {
     for (const peer of peers.values()) {
       await writeFile(path.join(ARTIFACTS, `${peer.name}.log`), peer.log.join('\n') + '\n').catch(() => {});
-      await peer.context.close().catch(() => {});
-      await rm(peer.dir, { recursive: true, force: true }).catch(() => {});
+      await peer.close();
     }
   },
   { timeout: 30_000 },

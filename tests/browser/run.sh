@@ -2,8 +2,11 @@
 # Browser test of the web demo: three headless Chromium pages join one room on
 # a fresh `meridian serve`, all inside a private loopback-only network
 # namespace, so nothing leaves the machine and ports never collide. Then
-# fec.mjs: Chrome behind `meridian netsim` (10 % loss, NACK off) decodes far
-# more frames with Meridian's ULPFEC than without.
+# simulcast.mjs: a simulcast publisher and two viewers whose tiles differ get
+# different layers. Then fec.mjs: Chrome behind `meridian netsim` (10 % loss,
+# NACK off) decodes far more frames with Meridian's ULPFEC than without.
+#
+# ONLY=simulcast.mjs runs one of the test files.
 #
 #   sudo tests/browser/run.sh            # needs root (apt-get, ip netns)
 #   MERIDIAN_BIN=path/to/meridian tests/browser/run.sh
@@ -91,18 +94,19 @@ if [[ -z $ready ]]; then
   exit 1
 fi
 
-log "running browser tests"
 cd "$HERE"
+status=0
+run_test() { # file, time limit in s
+  [[ -z ${ONLY:-} || ${ONLY:-} == "$1" ]] || return 0
+  log "running $1"
+  ip netns exec "$NS" env MERIDIAN_URL="http://$HTTP_ADDR" MERIDIAN_BIN="$(cd "$ROOT" && realpath "$BIN")" \
+    timeout "$2" node --test --test-reporter=spec "$1" || status=$?
+}
 set +e
-ip netns exec "$NS" env MERIDIAN_URL="http://$HTTP_ADDR" \
-  timeout 170 node --test --test-reporter=spec run.mjs
-status=$?
-if [[ $status -eq 0 ]]; then
-  log "running the browser FEC test (its own server and netsim proxies)"
-  ip netns exec "$NS" env MERIDIAN_BIN="$(cd "$ROOT" && realpath "$BIN")" \
-    timeout 150 node --test --test-reporter=spec fec.mjs
-  status=$?
-fi
+run_test run.mjs 170
+[[ $status -eq 0 ]] && run_test simulcast.mjs 200
+# The FEC test starts its own server and netsim proxies.
+[[ $status -eq 0 ]] && run_test fec.mjs 150
 set -e
 if [[ $status -ne 0 ]]; then
   log "tests failed (exit $status); server log tail:"

@@ -26,6 +26,16 @@ pub const MAX_LAYERS: usize = 4;
 /// dropped it, for CPU or bandwidth, or we paused it).
 pub const LAYER_IDLE: Duration = Duration::from_millis(1200);
 
+/// How long a layer that should be coming may take to arrive: one never seen
+/// since its track's first packet (publishers start their layers together,
+/// but a browser holds back the ones its bandwidth or the capture size does
+/// not allow), or one just resumed at the publisher.
+pub const LAYER_START_GRACE: Duration = Duration::from_secs(2);
+
+/// After a resumed layer failed to arrive, how long before a subscriber may
+/// ask for it again.
+pub const LAYER_RETRY_AFTER: Duration = Duration::from_secs(10);
+
 /// Bitrate measurement window.
 const RATE_WINDOW: Duration = Duration::from_millis(500);
 
@@ -95,12 +105,51 @@ pub struct Layer {
     history_source: Option<SourceKey>,
     pub keyframe: KeyframeThrottle,
     /// We asked the publisher to stop sending it (nobody takes it).
-    pub paused: bool,
+    paused: bool,
+    /// When we last asked the publisher to resume it.
+    resumed_at: Option<Instant>,
+    /// A resume did not bring it back: not offered to subscribers before this.
+    retry_at: Option<Instant>,
     /// When a subscriber last took it (dynacast).
     pub needed_at: Option<Instant>,
 }
 
 impl Layer {
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Pauses or resumes it at the publisher (the caller tells the publisher).
+    pub fn set_paused(&mut self, now: Instant, paused: bool) {
+        if self.paused && !paused {
+            self.resumed_at = Some(now);
+        }
+        self.paused = paused;
+    }
+
+    /// Whether subscribers may be given this layer: it is being sent, or is
+    /// expected (see [`LAYER_START_GRACE`]), or we paused it and it will
+    /// resume on demand, unless a recent resume failed.
+    fn available(&mut self, now: Instant, track_started: Option<Instant>) -> bool {
+        let within = |t: Instant| now.saturating_duration_since(t) < LAYER_START_GRACE;
+        if self.sending(now) {
+            self.resumed_at = None;
+            self.retry_at = None;
+            return true;
+        }
+        if let Some(at) = self.resumed_at {
+            if within(at) {
+                return true;
+            }
+            self.resumed_at = None;
+            self.retry_at = Some(now + LAYER_RETRY_AFTER);
+        }
+        match self.last_packet {
+            None => track_started.is_none_or(within),
+            Some(_) => self.paused && self.retry_at.is_none_or(|t| now >= t),
+        }
+    }
+
     /// Being sent: a packet came recently.
     pub fn sending(&self, now: Instant) -> bool {
         self.last_packet
@@ -129,6 +178,8 @@ impl Layer {
 #[derive(Debug)]
 pub struct TrackLayers {
     layers: Vec<Layer>,
+    /// The first packet of any layer.
+    started: Option<Instant>,
 }
 
 impl Default for TrackLayers {
@@ -141,6 +192,7 @@ impl TrackLayers {
     pub fn single() -> Self {
         TrackLayers {
             layers: vec![Layer::default()],
+            started: None,
         }
     }
 
@@ -160,6 +212,7 @@ impl TrackLayers {
                     ..Default::default()
                 })
                 .collect(),
+            started: None,
         }
     }
 
@@ -212,6 +265,7 @@ impl TrackLayers {
         let Some(l) = self.layers.get_mut(i) else {
             return;
         };
+        self.started.get_or_insert(now);
         l.ssrc = Some(ssrc);
         l.rate.add(now, bytes);
         l.last_packet = Some(now);
@@ -222,16 +276,17 @@ impl TrackLayers {
 
     /// The layers as the allocator sees them. A layer we paused counts as
     /// available (it resumes on demand) with its last measured rate, and so
-    /// does one that has not sent yet (publishers start all their layers).
+    /// does one that should start soon (see [`Layer::available`]).
     pub fn offer(&mut self, now: Instant, out: &mut Vec<allocator::Layer>) {
         out.clear();
+        let started = self.started;
         for l in &mut self.layers {
             l.rate.roll(now);
             out.push(allocator::Layer {
                 bitrate_bps: l.rate.bps(),
                 width: l.size.0,
                 height: l.size.1,
-                active: l.sending(now) || l.paused || l.last_packet.is_none(),
+                active: l.available(now, started),
             });
         }
     }
@@ -337,6 +392,46 @@ mod tests {
         assert_eq!(TrackLayers::single().index(None), Some(0));
         let odd = TrackLayers::from_rids(["b", "a"].map(Rid::from));
         assert_eq!(odd.get(0).unwrap().rid, Some(Rid::from("b")), "offer order");
+    }
+
+    fn active(l: &mut TrackLayers, now: Instant) -> Vec<bool> {
+        let mut out = Vec::new();
+        l.offer(now, &mut out);
+        out.iter().map(|l| l.active).collect()
+    }
+
+    #[test]
+    fn layers_that_do_not_come_are_not_offered() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut l = TrackLayers::from_rids(["q", "h", "f"].map(Rid::from));
+        // Before any packet, all are expected.
+        assert_eq!(active(&mut l, t0), [true, true, true]);
+        // q and h arrive, f does not (a browser's layer limit).
+        for t in (0..3000).step_by(100) {
+            l.on_packet(0, ms(t), 1, 100, None);
+            l.on_packet(1, ms(t), 2, 300, None);
+        }
+        assert_eq!(
+            active(&mut l, ms(1000)),
+            [true, true, true],
+            "within the grace"
+        );
+        assert_eq!(active(&mut l, ms(2900)), [true, true, false], "never came");
+
+        // h paused by us: still offered, it resumes on demand.
+        l.get_mut(1).unwrap().set_paused(ms(3000), true);
+        assert_eq!(active(&mut l, ms(5000)), [false, true, false]);
+        // Resumed, but it does not come back: withdrawn, retried later.
+        l.get_mut(1).unwrap().set_paused(ms(5000), false);
+        assert_eq!(active(&mut l, ms(6000)), [false, true, false]);
+        assert_eq!(active(&mut l, ms(7100)), [false, false, false]);
+        l.get_mut(1).unwrap().set_paused(ms(8000), true);
+        assert_eq!(active(&mut l, ms(9000)), [false, false, false]);
+        assert_eq!(active(&mut l, ms(17_200)), [false, true, false], "retry");
+        // A packet makes it available at once.
+        l.on_packet(2, ms(17_300), 3, 900, None);
+        assert_eq!(active(&mut l, ms(17_300)), [false, true, true]);
     }
 
     #[test]

@@ -320,9 +320,11 @@ impl Node {
                     let idle = l
                         .needed_at
                         .is_none_or(|at| now.saturating_duration_since(at) >= DYNACAST_PAUSE_AFTER);
-                    let pause = !wanted && idle;
-                    if pause != l.paused {
-                        l.paused = pause;
+                    // A layer never seen is not paused: it is not being
+                    // sent, and pausing it would keep it from ever starting.
+                    let pause = !wanted && idle && l.last_packet.is_some();
+                    if pause != l.paused() {
+                        l.set_paused(now, pause);
                         changed = true;
                     }
                 }
@@ -330,7 +332,7 @@ impl Node {
                     let layers = t
                         .layers
                         .iter()
-                        .filter_map(|l| l.rid.map(|r| (r.to_string(), !l.paused)))
+                        .filter_map(|l| l.rid.map(|r| (r.to_string(), !l.paused())))
                         .collect();
                     signals.push((
                         owner,

@@ -1,0 +1,168 @@
+// Simulcast through the web demo: one page publishes its camera as three
+// encodings (q/h/f); two viewer pages (joined with ?publish=0) show it, one in
+// a pinned, large tile and one as a thumbnail. The server forwards each the
+// layer its tile needs (frameWidth in getStats is the publisher's encoding of
+// that rid), pauses the encodings above the highest one taken at the
+// publisher (dynacast), and resumes them when a tile grows to need them.
+// While the publisher talks it is the dominant speaker, which the viewers
+// highlight.
+//
+// Expects a running `meridian serve` at MERIDIAN_URL; tests/browser/run.sh
+// runs it in its network namespace after run.mjs.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { launchPage, waitForServer, waitUntil } from './lib.mjs';
+
+const BASE_URL = process.env.MERIDIAN_URL ?? 'http://127.0.0.1:8080';
+const ROOM = 'br-simulcast';
+const ARTIFACTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'artifacts');
+
+/** name -> { name, page, log, close } */
+const peers = new Map();
+
+async function join(name, query = '') {
+  const peer = await launchPage(`sc-${name}`, `${BASE_URL}/?room=${ROOM}&name=${name}&autojoin=1${query}`);
+  peers.set(name, peer);
+  return peer.page;
+}
+
+/** The publisher's encodings, lowest first: [{ rid, active, frameWidth, ... }]. */
+function outbound() {
+  return peers.get('pub').page.evaluate(() => window.meridianDemo.outbound());
+}
+
+/** What viewer `name` shows of the publisher: { frameWidth, tileWidth, pinned, ... }. */
+async function pubTile(name) {
+  const stats = await peers.get(name).page.evaluate(() => window.meridianDemo.stats());
+  return stats.find((s) => s.name === 'pub') ?? null;
+}
+
+const widthOf = (encodings, rid) => encodings.find((e) => e.rid === rid)?.frameWidth ?? 0;
+
+before(
+  async () => {
+    await mkdir(ARTIFACTS, { recursive: true });
+    await waitForServer(BASE_URL);
+    await join('pub');
+    await join('big', '&publish=0');
+    await join('small', '&publish=0');
+  },
+  { timeout: 120_000 },
+);
+
+after(
+  async () => {
+    for (const peer of peers.values()) {
+      await writeFile(path.join(ARTIFACTS, `${peer.name}.log`), peer.log.join('\n') + '\n').catch(() => {});
+      await peer.close();
+    }
+  },
+  { timeout: 30_000 },
+);
+
+test('a large tile gets the high layer, a thumbnail the low one', { timeout: 90_000 }, async () => {
+  // The publisher offers three encodings. (Alone, it sends only q: the
+  // layers above are paused until somebody takes them.)
+  const rids = await peers.get('pub').page.evaluate(() =>
+    window.meridianDemo.client.pc
+      .getSenders()
+      .find((s) => s.track?.kind === 'video')
+      .getParameters()
+      .encodings.map((e) => e.rid),
+  );
+  assert.deepEqual(rids, ['q', 'h', 'f']);
+
+  // big pins the publisher (a wide tile); small pins the other viewer, which
+  // leaves the publisher in a 160 px thumbnail.
+  await peers.get('big').page.click('[data-name="pub"]');
+  await peers.get('small').page.click('[data-name="big"]');
+
+  let last;
+  await waitUntil(
+    async () => {
+      const e = await outbound();
+      const big = await pubTile('big');
+      const small = await pubTile('small');
+      last = { encodings: e, big, small };
+      return (
+        big?.pinned &&
+        big.frameWidth > 0 &&
+        big.frameWidth === widthOf(e, 'f') &&
+        widthOf(e, 'h') > 0 &&
+        small?.frameWidth > 0 &&
+        small.frameWidth === widthOf(e, 'q')
+      );
+    },
+    { timeout: 60_000, describe: () => JSON.stringify(last) },
+  );
+  const [q, h, f] = ['q', 'h', 'f'].map((rid) => widthOf(last.encodings, rid));
+  assert.ok(q > 0 && q < h && h < f, `all three run, q < h < f: ${JSON.stringify(last.encodings)}`);
+  assert.ok(last.small.tileWidth < 200, `the thumbnail is small: ${JSON.stringify(last.small)}`);
+  assert.ok(last.big.tileWidth > widthOf(last.encodings, 'h'), `the pinned tile is large: ${JSON.stringify(last.big)}`);
+  await peers.get('big').page.screenshot({ path: path.join(ARTIFACTS, 'simulcast-big.png') });
+  await peers.get('small').page.screenshot({ path: path.join(ARTIFACTS, 'simulcast-small.png') });
+});
+
+test('layers nobody takes are paused at the publisher, and resume on demand', { timeout: 120_000 }, async () => {
+  // big unpins: a grid tile of ~300 px is covered by the quarter-size layer
+  // (320x180 of a 720p camera), so nobody takes h or f any more and the
+  // publisher stops encoding them.
+  await peers.get('big').page.click('[data-name="pub"]');
+  let last;
+  await waitUntil(
+    async () => {
+      const e = await outbound();
+      const big = await pubTile('big');
+      const active = Object.fromEntries(e.map((x) => [x.rid, x.active]));
+      last = { encodings: e, big };
+      return active.q && !active.h && !active.f && big?.frameWidth > 0 && big.frameWidth === widthOf(e, 'q');
+    },
+    { timeout: 45_000, describe: () => JSON.stringify(last) },
+  );
+  assert.ok(last.big.tileWidth <= widthOf(last.encodings, 'q'), `the grid tile fits q: ${JSON.stringify(last.big)}`);
+
+  // Pinned again: f resumes and big switches up to it.
+  const widthF = (await outbound()).find((x) => x.rid === 'f').frameWidth || 1280;
+  await peers.get('big').page.click('[data-name="pub"]');
+  await waitUntil(
+    async () => {
+      const e = await outbound();
+      const big = await pubTile('big');
+      last = { encodings: e, big };
+      return e.find((x) => x.rid === 'f')?.active && big?.frameWidth === widthF;
+    },
+    { timeout: 45_000, describe: () => JSON.stringify(last) },
+  );
+});
+
+test('the viewers highlight the publisher while it talks', { timeout: 60_000 }, async () => {
+  // Chrome's fake microphone only beeps briefly; a steady tone is talking.
+  const pub = peers.get('pub').page;
+  await pub.click('header h1'); // a user gesture, so the AudioContext runs
+  await pub.evaluate(async () => {
+    const ctx = new AudioContext();
+    await ctx.resume();
+    const tone = ctx.createOscillator();
+    const gain = ctx.createGain();
+    const out = ctx.createMediaStreamDestination();
+    tone.connect(gain).connect(out);
+    tone.start();
+    const sender = window.meridianDemo.client.pc.getSenders().find((s) => s.track?.kind === 'audio');
+    await sender.replaceTrack(out.stream.getAudioTracks()[0]);
+    window.testVoice = gain;
+  });
+  for (const name of ['big', 'small']) {
+    await peers.get(name).page.waitForSelector('[data-name="pub"].speaking', { timeout: 20_000 });
+  }
+  // Silence: the highlight goes.
+  await pub.evaluate(() => {
+    window.testVoice.gain.value = 0;
+  });
+  for (const name of ['big', 'small']) {
+    await peers.get(name).page.waitForSelector('[data-name="pub"]:not(.speaking)', { timeout: 20_000 });
+  }
+});
