@@ -35,10 +35,10 @@ pub struct ServeArgs {
     /// Never send video FEC (ULPFEC) to subscribers.
     #[arg(long)]
     pub no_video_fec: bool,
-    /// Estimate subscribers' bandwidth with TWCC and choose simulcast layers
-    /// on it (without: tile sizes and REMB choose).
+    /// Do not estimate subscribers' bandwidth with TWCC (then tile sizes and
+    /// REMB alone choose simulcast layers).
     #[arg(long)]
-    pub bwe: bool,
+    pub no_bwe: bool,
     #[arg(long, env = "MERIDIAN_API_KEY")]
     pub api_key: Option<String>,
     /// HS256 secret for access tokens. Without it the server runs in dev mode.
@@ -136,7 +136,7 @@ impl Config {
                 nack: !args.no_nack && file.nack.unwrap_or(true),
                 audio_red: !args.no_audio_red && file.audio_red.unwrap_or(true),
                 video_fec: !args.no_video_fec && file.video_fec.unwrap_or(true),
-                bwe: args.bwe || file.bwe.unwrap_or(false),
+                bwe: !args.no_bwe && file.bwe.unwrap_or(true),
             },
             api_key: args
                 .api_key

@@ -104,8 +104,8 @@ run_test() { # file, time limit in s
 }
 set +e
 run_test run.mjs 170
+# These two start their own servers (and the FEC test its netsim proxies).
 [[ $status -eq 0 ]] && run_test simulcast.mjs 200
-# The FEC test starts its own server and netsim proxies.
 [[ $status -eq 0 ]] && run_test fec.mjs 150
 set -e
 if [[ $status -ne 0 ]]; then

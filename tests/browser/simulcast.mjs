@@ -7,22 +7,31 @@
 // While the publisher talks it is the dominant speaker, which the viewers
 // highlight.
 //
-// Expects a running `meridian serve` at MERIDIAN_URL; tests/browser/run.sh
-// runs it in its network namespace after run.mjs.
+// Its own `meridian serve --no-bwe`, so that tile sizes alone choose: with
+// three Chromium instances on a two-core machine, str0m's delay-based
+// estimate over loopback stays at 0.6–1.2 Mbit/s (CPU-delayed arrivals read
+// as queueing), below the 720p layer. Choices on the estimate are tested
+// deterministically in sfu/tests/simulcast_sim.rs. tests/browser/run.sh runs
+// this file in its network namespace after run.mjs.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { launchPage, waitForServer, waitUntil } from './lib.mjs';
 
-const BASE_URL = process.env.MERIDIAN_URL ?? 'http://127.0.0.1:8080';
+const BIN = process.env.MERIDIAN_BIN;
+const HTTP = '127.0.0.1:18280';
+const BASE_URL = `http://${HTTP}`;
 const ROOM = 'br-simulcast';
 const ARTIFACTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'artifacts');
 
 /** name -> { name, page, log, close } */
 const peers = new Map();
+let server = null;
+let serverLog = '';
 
 async function join(name, query = '') {
   const peer = await launchPage(`sc-${name}`, `${BASE_URL}/?room=${ROOM}&name=${name}&autojoin=1${query}`);
@@ -46,7 +55,16 @@ const widthOf = (encodings, rid) => encodings.find((e) => e.rid === rid)?.frameW
 before(
   async () => {
     await mkdir(ARTIFACTS, { recursive: true });
-    await waitForServer(BASE_URL);
+    assert.ok(BIN, 'MERIDIAN_BIN is set');
+    server = spawn(BIN, ['serve', '--http', HTTP, '--udp', '127.0.0.1:18281', '--no-bwe'], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    server.stderr.on('data', (d) => {
+      serverLog = (serverLog + d).slice(-100_000);
+    });
+    await waitForServer(BASE_URL).catch((err) => {
+      throw new Error(`${err.message}; server log: ${serverLog.slice(-4000)}`);
+    });
     await join('pub');
     await join('big', '&publish=0');
     await join('small', '&publish=0');
@@ -60,6 +78,8 @@ after(
       await writeFile(path.join(ARTIFACTS, `${peer.name}.log`), peer.log.join('\n') + '\n').catch(() => {});
       await peer.close();
     }
+    server?.kill('SIGTERM');
+    await writeFile(path.join(ARTIFACTS, 'simulcast-server.log'), serverLog).catch(() => {});
   },
   { timeout: 30_000 },
 );

@@ -16,7 +16,10 @@
 //! - Audio always gets its bitrate (never paused for bandwidth) and counts
 //!   against the budget.
 //! - Phase A: in order, each video track gets its lowest active layer if that
-//!   fits the remaining budget, else it is paused with `starved: true`.
+//!   fits the remaining budget, else it is paused with `starved: true` once
+//!   it has been short for `pause_hold` (until then it keeps its lowest
+//!   layer, over budget: pausing blanks a video, and a young or CPU-starved
+//!   estimate can dip for seconds on a link that carries it fine).
 //! - Phase B: in order, each forwarded video track is raised as high as fits,
 //!   capped at the smallest active layer covering its tile (`max_size`).
 //! - Down-switches happen at once. Up-switches above the committed layer need
@@ -110,6 +113,8 @@ struct Hold<K> {
     index: usize,
     /// Highest layer above the committed one that fits with margin now.
     candidate: Option<usize>,
+    /// Kept at its lowest layer although that does not fit (see `pause_hold`).
+    short: bool,
 }
 
 /// Tuning of the [`Allocator`].
@@ -122,6 +127,9 @@ pub struct AllocatorConfig {
     pub up_margin: f32,
     /// The upgrade must have been possible continuously for this long.
     pub up_hold: Duration,
+    /// A video track that cannot fit its lowest layer is paused only after
+    /// being short continuously for this long (zero: at once).
+    pub pause_hold: Duration,
     /// Rates assumed for video layers not measured yet, by index (layers
     /// beyond the array use the last entry).
     pub unknown_layer_bps: [u64; 3],
@@ -135,6 +143,7 @@ impl Default for AllocatorConfig {
             headroom: 0.05,
             up_margin: 0.10,
             up_hold: Duration::from_millis(1000),
+            pause_hold: Duration::from_secs(5),
             unknown_layer_bps: [150_000, 500_000, 1_500_000],
             unknown_audio_bps: 64_000,
         }
@@ -154,6 +163,8 @@ struct TrackState {
     layer: Option<usize>,
     starved: bool,
     up: Option<UpHold>,
+    /// Since when its lowest layer has not fit (it is kept, over budget).
+    short_since: Option<Instant>,
 }
 
 /// Layer allocator for one subscriber.
@@ -197,6 +208,7 @@ impl<K: Copy + Eq + Ord + Debug> Allocator<K> {
                 key: t.key,
                 index,
                 candidate: None,
+                short: false,
             })
             .collect();
         holds.sort_unstable_by_key(|h| (tracks[h.index].priority, h.key, h.index));
@@ -238,6 +250,12 @@ impl<K: Copy + Eq + Ord + Debug> Allocator<K> {
                 a.layer = Some(lowest);
                 a.bitrate_bps = rate;
                 remaining -= rate;
+            } else if !resuming && !self.pause_due(state, now) {
+                // Short, but not for long enough to pause it.
+                h.short = true;
+                a.layer = Some(lowest);
+                a.bitrate_bps = rate;
+                remaining = 0;
             } else {
                 a.starved = true;
             }
@@ -303,7 +321,13 @@ impl<K: Copy + Eq + Ord + Debug> Allocator<K> {
                 layer: None,
                 starved: false,
                 up: None,
+                short_since: None,
             });
+            st.short_since = if h.short {
+                st.short_since.or(Some(now))
+            } else {
+                None
+            };
             let prev = st.layer;
             st.layer = a.layer;
             st.starved = a.starved && a.layer.is_none();
@@ -338,6 +362,15 @@ impl<K: Copy + Eq + Ord + Debug> Allocator<K> {
     /// The committed layer of a track: None = unknown track, Some(None) = paused.
     pub fn current(&self, key: K) -> Option<Option<usize>> {
         self.tracks.get(&key).map(|s| s.layer)
+    }
+
+    /// Whether a track short of its lowest layer has been so long enough to pause.
+    fn pause_due(&self, state: Option<&TrackState>, now: Instant) -> bool {
+        let hold = self.config.pause_hold;
+        hold.is_zero()
+            || state
+                .and_then(|s| s.short_since)
+                .is_some_and(|t| now.saturating_duration_since(t) >= hold)
     }
 
     fn hold_passed(&self, up: Option<UpHold>, now: Instant) -> bool {
@@ -453,8 +486,13 @@ mod tests {
         }
     }
 
+    /// Pauses at once, as the tests below expect; `pause_waits_for_the_hold`
+    /// tests the hold.
     fn alloc() -> Allocator<u32> {
-        Allocator::new(AllocatorConfig::default())
+        Allocator::new(AllocatorConfig {
+            pause_hold: Duration::ZERO,
+            ..AllocatorConfig::default()
+        })
     }
 
     /// propose + commit; returns the proposal.
@@ -627,6 +665,31 @@ mod tests {
         let p = alloc().propose(t0, 200_000, &tracks);
         assert_eq!(layer_of(&p, 2), Some(0));
         assert!(p.allocations[0].starved);
+    }
+
+    #[test]
+    fn pause_waits_for_the_hold() {
+        let mut a = Allocator::new(AllocatorConfig::default());
+        let hold = AllocatorConfig::default().pause_hold;
+        let t0 = Instant::now();
+        let tracks = [audio(3), video(1, Priority::Normal)];
+        // 100 kbit/s carries the audio, not the video's lowest layer: the
+        // video keeps it, over budget, while the shortage lasts < hold.
+        let p = step(&mut a, t0, 100_000, &tracks);
+        assert_eq!(layer_of(&p, 1), Some(0));
+        assert!(!p.allocations[1].starved);
+        let p = step(&mut a, t0 + hold - STEP, 100_000, &tracks);
+        assert_eq!(layer_of(&p, 1), Some(0));
+        // A moment of enough bandwidth restarts the hold.
+        step(&mut a, t0 + hold - STEP / 2, 1_000_000, &tracks);
+        let p = step(&mut a, t0 + hold, 100_000, &tracks);
+        assert_eq!(layer_of(&p, 1), Some(0), "the hold restarted");
+        let p = step(&mut a, t0 + hold * 2, 100_000, &tracks);
+        assert_eq!((layer_of(&p, 1), p.allocations[1].starved), (None, true));
+        // A track over budget never takes more than its lowest layer.
+        let mut b = Allocator::new(AllocatorConfig::default());
+        let p = step(&mut b, t0, 100_000, &tracks);
+        assert_eq!(p.allocations[1].bitrate_bps, 150_000);
     }
 
     #[test]

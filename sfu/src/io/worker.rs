@@ -161,7 +161,7 @@ pub struct Recovery {
     pub audio_red: bool,
     pub video_fec: bool,
     /// Estimate subscribers' downlinks with TWCC (str0m's BWE) and allocate
-    /// simulcast layers on it (off by default: see docs/ARCHITECTURE.md).
+    /// simulcast layers on it.
     pub bwe: bool,
 }
 
@@ -171,7 +171,7 @@ impl Default for Recovery {
             nack: true,
             audio_red: true,
             video_fec: true,
-            bwe: false,
+            bwe: true,
         }
     }
 }

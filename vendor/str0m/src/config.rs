@@ -55,6 +55,7 @@ pub struct RtcConfig {
     pub(crate) rtp_mode: bool,
     pub(crate) enable_raw_packets: bool,
     pub(crate) keep_rtp_header_bytes: bool,
+    pub(crate) pacer_queue_limit: Option<Duration>,
     pub(crate) dtls_version: DtlsVersion,
     pub(crate) vp9_packetizer_mode: Vp9PacketizerMode,
     pub(crate) snap_enabled: bool,
@@ -776,6 +777,17 @@ impl RtcConfig {
         self
     }
 
+    /// MERIDIAN PATCH (pacer-queue-limit): with BWE enabled, the longest a
+    /// packet should wait in the pacer (default 2 s). The pacer raises its
+    /// rate above the estimate to drain the queue within this time. A
+    /// forwarder that cannot make its media smaller (an SFU with single-layer
+    /// tracks) sets it low, so the estimate steers its choices without the
+    /// pacer holding media back; probes and padding are paced as before.
+    pub fn set_pacer_queue_limit(mut self, limit: Duration) -> Self {
+        self.pacer_queue_limit = Some(limit);
+        self
+    }
+
     /// Enable SNAP (SCTP Negotiation Acceleration Protocol).
     ///
     /// When enabled, the `a=sctp-init` attribute is included in outgoing SDP
@@ -923,6 +935,7 @@ impl Default for RtcConfig {
             rtp_mode: false,
             enable_raw_packets: false,
             keep_rtp_header_bytes: false,
+            pacer_queue_limit: None,
             dtls_version: DtlsVersion::Dtls12,
             vp9_packetizer_mode: Vp9PacketizerMode::default(),
             snap_enabled: false,

@@ -166,9 +166,12 @@ impl Session {
         while *id > MAX_ID {
             id = (*id >> 1).into();
         }
-        let (pacer, bwe) = if let Some(config) = &config.bwe_config {
-            let rate = config.initial_bitrate;
-            let pacer = PacerImpl::leaky_bucket(rate * 2.0);
+        let (pacer, bwe) = if let Some(bwe_config) = &config.bwe_config {
+            let rate = bwe_config.initial_bitrate;
+            let mut pacer = PacerImpl::leaky_bucket(rate * 2.0);
+            if let (Some(limit), PacerImpl::LeakyBucket(p)) = (config.pacer_queue_limit, &mut pacer) {
+                p.set_queue_limit(limit);
+            }
             let bwe = Bwe::new(rate);
             (pacer, Some(bwe))
         } else {

@@ -164,6 +164,11 @@ impl Pacer for LeakyBucketPacer {
 }
 
 impl LeakyBucketPacer {
+    /// MERIDIAN PATCH (pacer-queue-limit).
+    pub fn set_queue_limit(&mut self, limit: Duration) {
+        self.queue_limit = limit;
+    }
+
     pub fn new(initial_pacing_bitrate: Bitrate) -> Self {
         const DEFAULT_QUEUE_LIMIT: Duration = Duration::from_secs(2);
 
