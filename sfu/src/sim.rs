@@ -455,6 +455,17 @@ impl SimNet {
         &self.gone
     }
 
+    /// The publisher sends its video as `codec` from now on (VP8 unless
+    /// changed; the node offers and accepts H.264 too).
+    pub fn set_video_codec(&mut self, id: ClientId, codec: Codec) {
+        for out in &mut self.clients[id.0].outgoing {
+            if out.kind == MediaKind::Video {
+                out.codec = codec;
+                out.pt = None;
+            }
+        }
+    }
+
     /// The m-line a client publishes `kind` on.
     pub fn send_mid(&self, id: ClientId, kind: MediaKind) -> Option<Mid> {
         let c = &self.clients[id.0];

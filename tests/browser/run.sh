@@ -96,16 +96,17 @@ fi
 
 cd "$HERE"
 status=0
-run_test() { # file, time limit in s
+run_test() { # file, time limit in s, environment (NAME=value ...)
   [[ -z ${ONLY:-} || ${ONLY:-} == "$1" ]] || return 0
-  log "running $1"
-  ip netns exec "$NS" env MERIDIAN_URL="http://$HTTP_ADDR" MERIDIAN_BIN="$(cd "$ROOT" && realpath "$BIN")" \
+  log "running $1 ${*:3}"
+  ip netns exec "$NS" env MERIDIAN_URL="http://$HTTP_ADDR" MERIDIAN_BIN="$(cd "$ROOT" && realpath "$BIN")" "${@:3}" \
     timeout "$2" node --test --test-reporter=spec "$1" || status=$?
 }
 set +e
 run_test run.mjs 170
 # These two start their own servers (and the FEC test its netsim proxies).
-[[ $status -eq 0 ]] && run_test simulcast.mjs 200
+[[ $status -eq 0 ]] && run_test simulcast.mjs 200 SIMULCAST_CODEC=VP8
+[[ $status -eq 0 ]] && run_test simulcast.mjs 200 SIMULCAST_CODEC=H264
 [[ $status -eq 0 ]] && run_test fec.mjs 150
 set -e
 if [[ $status -ne 0 ]]; then

@@ -23,9 +23,12 @@ import { fileURLToPath } from 'node:url';
 import { launchPage, waitForServer, waitUntil } from './lib.mjs';
 
 const BIN = process.env.MERIDIAN_BIN;
+// The publisher's codec: VP8 (picture ids rewritten at switches) or H264
+// (layer sizes read from its SPS). run.sh runs this file once for each.
+const CODEC = (process.env.SIMULCAST_CODEC ?? 'VP8').toUpperCase();
 const HTTP = '127.0.0.1:18280';
 const BASE_URL = `http://${HTTP}`;
-const ROOM = 'br-simulcast';
+const ROOM = `br-simulcast-${CODEC.toLowerCase()}`;
 const ARTIFACTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'artifacts');
 
 /** name -> { name, page, log, close } */
@@ -34,7 +37,10 @@ let server = null;
 let serverLog = '';
 
 async function join(name, query = '') {
-  const peer = await launchPage(`sc-${name}`, `${BASE_URL}/?room=${ROOM}&name=${name}&autojoin=1${query}`);
+  const peer = await launchPage(
+    `sc-${CODEC.toLowerCase()}-${name}`,
+    `${BASE_URL}/?room=${ROOM}&name=${name}&autojoin=1${query}`,
+  );
   peers.set(name, peer);
   return peer.page;
 }
@@ -65,7 +71,7 @@ before(
     await waitForServer(BASE_URL).catch((err) => {
       throw new Error(`${err.message}; server log: ${serverLog.slice(-4000)}`);
     });
-    await join('pub');
+    await join('pub', `&codec=${CODEC}`);
     await join('big', '&publish=0');
     await join('small', '&publish=0');
   },
@@ -79,7 +85,8 @@ after(
       await peer.close();
     }
     server?.kill('SIGTERM');
-    await writeFile(path.join(ARTIFACTS, 'simulcast-server.log'), serverLog).catch(() => {});
+    const log = `simulcast-${CODEC.toLowerCase()}-server.log`;
+    await writeFile(path.join(ARTIFACTS, log), serverLog).catch(() => {});
   },
   { timeout: 30_000 },
 );
@@ -119,12 +126,15 @@ test('a large tile gets the high layer, a thumbnail the low one', { timeout: 90_
     },
     { timeout: 60_000, describe: () => JSON.stringify(last) },
   );
+  assert.equal(last.big.codec, `video/${CODEC}`);
   const [q, h, f] = ['q', 'h', 'f'].map((rid) => widthOf(last.encodings, rid));
   assert.ok(q > 0 && q < h && h < f, `all three run, q < h < f: ${JSON.stringify(last.encodings)}`);
   assert.ok(last.small.tileWidth < 200, `the thumbnail is small: ${JSON.stringify(last.small)}`);
   assert.ok(last.big.tileWidth > widthOf(last.encodings, 'h'), `the pinned tile is large: ${JSON.stringify(last.big)}`);
-  await peers.get('big').page.screenshot({ path: path.join(ARTIFACTS, 'simulcast-big.png') });
-  await peers.get('small').page.screenshot({ path: path.join(ARTIFACTS, 'simulcast-small.png') });
+  for (const name of ['big', 'small']) {
+    const file = `simulcast-${CODEC.toLowerCase()}-${name}.png`;
+    await peers.get(name).page.screenshot({ path: path.join(ARTIFACTS, file) });
+  }
 });
 
 test('layers nobody takes are paused at the publisher, and resume on demand', { timeout: 120_000 }, async () => {

@@ -377,6 +377,39 @@ pub fn vp8_keyframe_size(payload: &[u8], descriptor_len: usize) -> Option<(u32, 
     Some((u32::from(w), u32::from(hgt)))
 }
 
+/// The frame size in an H.264 sequence parameter set carried by an RTP
+/// payload (RFC 6184): a single SPS NAL unit or one inside a STAP-A, as
+/// encoders send them before each IDR. Parsing is h264-reader's.
+pub fn h264_sps_size(payload: &[u8]) -> Option<(u32, u32)> {
+    const SPS: u8 = 7;
+    const STAP_A: u8 = 24;
+    let b0 = *payload.first()?;
+    match b0 & 0x1f {
+        SPS => sps_size(payload),
+        STAP_A => {
+            let mut rest = payload.get(1..)?;
+            while rest.len() > 2 {
+                let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                let nal = rest.get(2..2 + size)?;
+                if nal.first().is_some_and(|b| b & 0x1f == SPS) {
+                    return sps_size(nal);
+                }
+                rest = &rest[2 + size..];
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+fn sps_size(nal: &[u8]) -> Option<(u32, u32)> {
+    use h264_reader::nal::sps::SeqParameterSet;
+    use h264_reader::rbsp::{decode_nal, BitReader};
+    let rbsp = decode_nal(nal).ok()?;
+    let sps = SeqParameterSet::from_bits(BitReader::new(&*rbsp)).ok()?;
+    sps.pixel_dimensions().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,6 +506,42 @@ mod tests {
         assert!((900_000..=1_300_000).contains(&m.bps()), "{}", m.bps());
         m.roll(t0 + Duration::from_millis(3000));
         assert!(m.bps() < 500_000, "silence brings it down: {}", m.bps());
+    }
+
+    /// Constrained Baseline SPSs (level 3.1, POC type 2, no VUI), bit by bit
+    /// from H.264 §7.3.2.1: 1280x720 (80x45 macroblocks), and 320x180
+    /// (20x12 macroblocks, 12 rows cropped at the bottom).
+    const SPS_720P: [u8; 9] = [0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe4];
+    const SPS_180P: [u8; 9] = [0x67, 0x42, 0xc0, 0x1f, 0xda, 0x05, 0x06, 0x7e, 0x74];
+
+    #[test]
+    fn h264_sps_size_reads_single_and_stap_a() {
+        assert_eq!(h264_sps_size(&SPS_720P), Some((1280, 720)));
+        assert_eq!(h264_sps_size(&SPS_180P), Some((320, 180)));
+        let pps = [0x68, 0xce, 0x3c, 0x80];
+        let mut stap = vec![0x78];
+        for nal in [&SPS_720P[..], &pps[..]] {
+            stap.extend_from_slice(&(nal.len() as u16).to_be_bytes());
+            stap.extend_from_slice(nal);
+        }
+        assert_eq!(h264_sps_size(&stap), Some((1280, 720)));
+        // An IDR slice, a truncated STAP-A, garbage: no size, no panic.
+        assert_eq!(h264_sps_size(&[0x65, 0x88, 0x84]), None);
+        assert_eq!(h264_sps_size(&stap[..6]), None);
+        let mut x: u32 = 12345;
+        for len in 0..200 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    if i == 0 {
+                        0x67
+                    } else {
+                        (x >> 16) as u8
+                    }
+                })
+                .collect();
+            let _ = h264_sps_size(&bytes);
+        }
     }
 
     #[test]

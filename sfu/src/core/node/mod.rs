@@ -1501,6 +1501,7 @@ impl Node {
         let size = match (keyframe, codec) {
             (true, CodecKind::Vp8) => vp8::parse(&media_payload)
                 .and_then(|d| simulcast::vp8_keyframe_size(&media_payload, d.header_len)),
+            (true, CodecKind::H264) => simulcast::h264_sps_size(&media_payload),
             _ => None,
         };
         track
