@@ -570,3 +570,53 @@ fn the_loudest_participant_becomes_the_dominant_speaker() {
         .unwrap();
     assert_eq!(dominant, Some(sim.client(quiet).peer));
 }
+
+/// The bitrate the allocator leaves unused against the estimate: one
+/// subscriber of one three-layer track (≈ 150 k / 500 k / 1.5 M of payload)
+/// behind links of several capacities. Over 4 s after 12 s to settle: the
+/// mean estimate, the layer, and the video payload it received. The gap is
+/// mostly the layers' granularity: the next layer up must fit the budget
+/// (95 % of the estimate) with a 10 % margin. For docs/BENCHMARKS.md:
+/// `cargo test --release -p meridian-sfu --test simulcast_sim unused -- --nocapture`
+#[test]
+fn bitrate_left_unused_against_the_estimate() {
+    println!("cap       estimate  layer  received  unused");
+    for cap in ["400kbit", "800kbit", "1200kbit", "2500kbit", "4mbit"] {
+        let (mut sim, mut cam, subs) = setup(1);
+        let sub = subs[0];
+        let peer = sim.client(sub).peer;
+        sim.set_downlink(sub, capped(cap));
+        drive(&mut sim, &mut cam, &[], Duration::from_secs(12));
+        let start = sim.now();
+        let mut estimates = Vec::new();
+        for _ in 0..16 {
+            drive(&mut sim, &mut cam, &[], Duration::from_millis(250));
+            let st = sim.node().selection_state(peer).expect("subscriber state");
+            estimates.push(st.estimate_bps);
+        }
+        let window = sim.now().duration_since(start).as_secs_f64();
+        let estimate = estimates.iter().sum::<u64>() as f64 / estimates.len() as f64;
+        let pkts: Vec<ReceivedPacket> = video(&sim, sub)
+            .into_iter()
+            .filter(|p| p.at >= start)
+            .collect();
+        let received = pkts.iter().map(|p| p.payload.len()).sum::<usize>() as f64 * 8.0 / window;
+        let layers = layers_since(&sim, sub, start);
+        let unused = 1.0 - received / estimate;
+        println!(
+            "{cap:<9} {:>6.0} k  {layers:?}    {:>6.0} k  {:>5.1} %",
+            estimate / 1e3,
+            received / 1e3,
+            unused * 100.0
+        );
+        assert!(
+            received <= estimate,
+            "{cap}: received {received:.0} bit/s over an estimate of {estimate:.0}"
+        );
+        assert_eq!(
+            layers.len(),
+            1,
+            "{cap}: one layer in the window: {layers:?}"
+        );
+    }
+}
