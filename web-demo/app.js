@@ -427,6 +427,8 @@ async function readVideoStats(receiver) {
     frameWidth: inbound?.frameWidth ?? 0,
     frameHeight: inbound?.frameHeight ?? 0,
     framesPerSecond: inbound?.framesPerSecond ?? 0,
+    freezeCount: inbound?.freezeCount ?? 0,
+    totalFreezesDuration: inbound?.totalFreezesDuration ?? 0,
     codec: (inbound?.codecId && report.get(inbound.codecId)?.mimeType) || null,
     rtt,
   };
@@ -466,6 +468,8 @@ async function collectTileStats() {
         framesDecoded: s?.framesDecoded ?? 0,
         frameWidth: s?.frameWidth ?? 0,
         frameHeight: s?.frameHeight ?? 0,
+        freezeCount: s?.freezeCount ?? 0,
+        totalFreezesDuration: s?.totalFreezesDuration ?? 0,
         codec: s?.codec ?? null,
         tileWidth: tile.video.clientWidth,
         tileHeight: tile.video.clientHeight,

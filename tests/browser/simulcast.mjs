@@ -141,6 +141,7 @@ test('layers nobody takes are paused at the publisher, and resume on demand', { 
   // big unpins: a grid tile of ~300 px is covered by the quarter-size layer
   // (320x180 of a 720p camera), so nobody takes h or f any more and the
   // publisher stops encoding them.
+  const before = await pubTile('big');
   await peers.get('big').page.click('[data-name="pub"]');
   let last;
   await waitUntil(
@@ -166,6 +167,14 @@ test('layers nobody takes are paused at the publisher, and resume on demand', { 
       return e.find((x) => x.rid === 'f')?.active && big?.frameWidth === widthF;
     },
     { timeout: 45_000, describe: () => JSON.stringify(last) },
+  );
+  // Chrome's own count of frozen video (a frame interval over 3x the mean,
+  // or the mean + 150 ms) across both switches, for docs/BENCHMARKS.md.
+  const after = await pubTile('big');
+  console.log(
+    `[simulcast ${CODEC}] f -> q -> f at the pinned tile: ${after.freezeCount - before.freezeCount} freezes, ` +
+      `${Math.round((after.totalFreezesDuration - before.totalFreezesDuration) * 1000)} ms frozen, ` +
+      `${after.framesDecoded - before.framesDecoded} frames decoded`,
   );
 });
 
