@@ -6,6 +6,7 @@
 #
 #   benches/fanout.sh        # DURATION=20s SUBSCRIBERS="50 100 200 400" MEETING_ROOMS="10 25 50 100"
 #   DURATION=10s SUBSCRIBERS="50" MEETING_ROOMS="5" benches/fanout.sh   # a quick look
+#   SERVE_ARGS="--no-bwe" benches/fanout.sh                                # server flags
 #
 # Reports go to target/fanout/*.json|html; a markdown table is printed.
 # Everything runs on 127.0.0.1.
@@ -28,7 +29,8 @@ mkdir -p "$OUT"
 
 server_pid=""
 start_server() {
-  taskset -c 0 "$BIN" serve --http "$HTTP" --udp "$UDP" >"$OUT/server-$1.log" 2>&1 &
+  # shellcheck disable=SC2086 # SERVE_ARGS is a list of flags
+  taskset -c 0 "$BIN" serve --http "$HTTP" --udp "$UDP" ${SERVE_ARGS:-} >"$OUT/server-$1.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 100); do
     curl -sf -o /dev/null "http://$HTTP/healthz" && return 0

@@ -56,6 +56,7 @@ pub struct RtcConfig {
     pub(crate) enable_raw_packets: bool,
     pub(crate) keep_rtp_header_bytes: bool,
     pub(crate) pacer_queue_limit: Option<Duration>,
+    pub(crate) twcc_send_records: usize,
     pub(crate) dtls_version: DtlsVersion,
     pub(crate) vp9_packetizer_mode: Vp9PacketizerMode,
     pub(crate) snap_enabled: bool,
@@ -788,6 +789,15 @@ impl RtcConfig {
         self
     }
 
+    /// MERIDIAN PATCH (memory): how many sent packets are remembered to
+    /// match TWCC feedback against (default 1000, about 90 KB per `Rtc`). The
+    /// records must cover the packets sent in one feedback interval plus a
+    /// round trip; an SFU with many light subscribers can keep fewer.
+    pub fn set_twcc_send_records(mut self, records: usize) -> Self {
+        self.twcc_send_records = records.max(64);
+        self
+    }
+
     /// Enable SNAP (SCTP Negotiation Acceleration Protocol).
     ///
     /// When enabled, the `a=sctp-init` attribute is included in outgoing SDP
@@ -936,6 +946,7 @@ impl Default for RtcConfig {
             enable_raw_packets: false,
             keep_rtp_header_bytes: false,
             pacer_queue_limit: None,
+            twcc_send_records: 1000,
             dtls_version: DtlsVersion::Dtls12,
             vp9_packetizer_mode: Vp9PacketizerMode::default(),
             snap_enabled: false,

@@ -353,6 +353,12 @@ type RedWrapped = (Pt, Arc<[u8]>, Arc<[u8]>);
 /// choices while media leaves at once; probes and padding are still paced.
 pub const PACER_QUEUE_LIMIT: Duration = Duration::from_millis(20);
 
+/// Sent packets each peer's str0m remembers for TWCC feedback: 511 fills a
+/// 512-slot ring (str0m's 1000 took a 1024-slot one, ≈ 90 KB per peer). At
+/// 5 Mbit/s (≈ 500 packets/s) that is a second, against feedback every
+/// 50–100 ms plus a round trip.
+const TWCC_SEND_RECORDS: usize = 511;
+
 fn rtc_config(bwe: bool) -> RtcConfig {
     let initial = Bitrate::bps(selection::INITIAL_ESTIMATE_BPS);
     super::codec::rtc_config()
@@ -360,6 +366,7 @@ fn rtc_config(bwe: bool) -> RtcConfig {
         .set_stats_interval(Some(STATS_INTERVAL))
         .enable_bwe(bwe.then_some(initial))
         .set_pacer_queue_limit(PACER_QUEUE_LIMIT)
+        .set_twcc_send_records(TWCC_SEND_RECORDS)
 }
 
 fn sdp_error(e: impl std::fmt::Display) -> CommandError {

@@ -6,6 +6,11 @@ use crate::rtp_::Bitrate;
 /// Time window for averaging estimate changes.
 const ESTIMATE_WINDOW: Duration = Duration::from_secs(3);
 
+/// MERIDIAN PATCH (memory): a change within this time of the last recorded
+/// one replaces it, so a ramping estimate (which changes on every timeout)
+/// keeps at most window / spacing entries instead of one per millisecond.
+const MIN_SPACING: Duration = Duration::from_millis(10);
+
 type TimeBitrate = (Instant, Bitrate);
 
 const TOLERANCE: f64 = 0.05;
@@ -33,7 +38,12 @@ impl EstimateSmoother {
 
         if do_update {
             self.maybe_emit = true;
-            self.estimates.push_back((now, estimate));
+            match self.estimates.back_mut() {
+                Some(last) if now.saturating_duration_since(last.0) < MIN_SPACING => {
+                    last.1 = estimate;
+                }
+                _ => self.estimates.push_back((now, estimate)),
+            }
         }
 
         // Remove entries older than the window.
