@@ -15,7 +15,8 @@
 //! fresh). Between chunks the simulated network runs a little, untimed, so
 //! ICE consent, RTCP and timers stay alive as in a real session.
 //!
-//! `cargo bench -p meridian-sfu --bench forward`
+//! `cargo bench -p meridian-sfu --bench forward` (the node's default, BWE
+//! on); `BENCH_BWE=0 cargo bench …` with subscribers' BWE off.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -93,6 +94,7 @@ impl Fixture {
             seed: 7,
             delay: Duration::from_millis(5),
             max_peers_per_room: n + 1,
+            bwe: std::env::var("BENCH_BWE").map_or(true, |v| v != "0"),
             ..SimConfig::default()
         });
         let publisher = sim.add_publisher("bench", "publisher", false, true);
