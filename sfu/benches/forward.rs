@@ -24,7 +24,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use meridian_sfu::core::{MediaKind, Output};
+use meridian_sfu::core::MediaKind;
 use meridian_sfu::sim::{Captured, ClientId, SimConfig, SimNet};
 
 /// Packets generated per untimed chunk; 1 ms of virtual time each, so the
@@ -160,27 +160,19 @@ impl Fixture {
     /// Timed: one incoming datagram through the node and out to the sinks.
     #[inline]
     fn forward_one(&mut self, c: &Captured, send: bool) {
-        let node_addr = self.sim.node_addr();
-        let node = self.sim.node_mut();
-        node.handle_receive(c.at, c.source, node_addr, &c.contents);
-        loop {
-            match node.poll_output() {
-                Output::Transmit(t) => {
-                    if send {
-                        let i = match t.destination {
-                            SocketAddr::V4(a) => a.ip().octets()[3] as usize,
-                            SocketAddr::V6(_) => 0,
-                        } % self.sinks.len();
-                        let (sock, addr) = &self.sinks[i];
-                        let _ = sock.send_to(&t.contents, addr);
-                    } else {
-                        std::hint::black_box(&t);
-                    }
-                }
-                Output::Event(_) => self.stray_events += 1,
-                Output::Timeout(_) => break,
+        let sinks = &self.sinks;
+        self.stray_events += self.sim.forward_captured(c, |t| {
+            if send {
+                let i = match t.destination {
+                    SocketAddr::V4(a) => a.ip().octets()[3] as usize,
+                    SocketAddr::V6(_) => 0,
+                } % sinks.len();
+                let (sock, addr) = &sinks[i];
+                let _ = sock.send_to(&t.contents, addr);
+            } else {
+                std::hint::black_box(t);
             }
-        }
+        });
     }
 
     /// Untimed: let the simulated network catch up (ICE consent, RTCP,

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use meridian_sfu::core::vp8::Vp8Munger;
-use meridian_sfu::core::{DropReason, MediaKind, Output, TrackPrefs};
+use meridian_sfu::core::{DropReason, MediaKind, TrackPrefs};
 use meridian_sfu::sim::{Captured, ClientId, ReceivedPacket, SimConfig, SimNet};
 
 const ROOM: &str = "bench";
@@ -343,18 +343,9 @@ impl Fixture {
     /// Timed: one incoming datagram through the node; the output dropped.
     #[inline]
     fn forward_one(&mut self, c: &Captured) {
-        let node_addr = self.sim.node_addr();
-        let node = self.sim.node_mut();
-        node.handle_receive(c.at, c.source, node_addr, &c.contents);
-        loop {
-            match node.poll_output() {
-                Output::Transmit(t) => {
-                    std::hint::black_box(&t);
-                }
-                Output::Event(_) => self.stray_events += 1,
-                Output::Timeout(_) => break,
-            }
-        }
+        self.stray_events += self.sim.forward_captured(c, |t| {
+            std::hint::black_box(t);
+        });
     }
 
     /// Untimed: let the simulated network catch up.

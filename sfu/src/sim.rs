@@ -1224,6 +1224,28 @@ impl SimNet {
         }
     }
 
+    /// For benchmarks: one captured datagram through the node, its output
+    /// drained by hand: each datagram goes to `on_transmit` instead of the
+    /// simulated wire. Returns how many events (signaling) the node produced.
+    #[inline]
+    pub fn forward_captured(
+        &mut self,
+        c: &Captured,
+        mut on_transmit: impl FnMut(&str0m::net::Transmit),
+    ) -> u64 {
+        let node_addr = self.config.node_addr;
+        self.node
+            .handle_receive(c.at, c.source, node_addr, &c.contents);
+        let mut events = 0;
+        loop {
+            match self.node.poll_output() {
+                Output::Transmit(t) => on_transmit(&t),
+                Output::Event(_) => events += 1,
+                Output::Timeout(_) => return events,
+            }
+        }
+    }
+
     /// Drains the node's output into the wire and the clients' signaling.
     /// Call after driving the node by hand.
     pub fn drain_node(&mut self) {

@@ -13,10 +13,8 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { launchPage, sleep, waitForServer } from './lib.mjs';
+import { closePages, launchPage, sleep, spawnMeridian, waitForServer } from './lib.mjs';
 
-const BIN = process.env.MERIDIAN_BIN;
 const HTTP = '127.0.0.1:18180';
 const UDP_PORT = 18181;
 const PROXIES = { fec: 18182, nofec: 18183 };
@@ -26,10 +24,7 @@ const children = [];
 const opened = [];
 
 function start(args) {
-  const child = spawn(BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  child.stderr.on('data', (d) => { log = (log + d).slice(-4000); });
-  child.log = () => log;
+  const child = spawnMeridian(args, { keep: 4000 });
   children.push(child);
   return child;
 }
@@ -61,7 +56,6 @@ async function videoIn(page) {
 const diff = (a, b) => Object.fromEntries(Object.keys(b).map((k) => [k, b[k] - a[k]]));
 
 before(async () => {
-  assert.ok(BIN, 'MERIDIAN_BIN is set');
   start(['serve', '--http', HTTP, '--udp', `127.0.0.1:${UDP_PORT}`, '--no-nack']);
   for (const port of Object.values(PROXIES)) {
     start([
@@ -75,7 +69,7 @@ before(async () => {
 });
 
 after(async () => {
-  for (const peer of opened) await peer.close();
+  await closePages(opened);
   for (const child of children) child.kill('SIGTERM');
 });
 

@@ -1,6 +1,7 @@
 // Shared by the browser tests: how Chromium is launched, and polling.
 
-import { mkdtemp, rm } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -99,4 +100,28 @@ export async function waitForServer(base, timeout = 20_000) {
     },
     { timeout, interval: 200, describe: () => `${base}/healthz not answering` },
   );
+}
+
+/**
+ * Starts `$MERIDIAN_BIN args…` (a server or a netsim proxy); `log()` is the
+ * tail of its stderr (the last `keep` characters).
+ */
+export function spawnMeridian(args, { keep = 100_000 } = {}) {
+  const bin = process.env.MERIDIAN_BIN;
+  if (!bin) throw new Error('MERIDIAN_BIN is not set');
+  const child = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  child.stderr.on('data', (d) => {
+    log = (log + d).slice(-keep);
+  });
+  child.log = () => log;
+  return child;
+}
+
+/** Writes each page's log to `dir/<name>.log` and closes the pages. */
+export async function closePages(pages, dir) {
+  for (const peer of pages) {
+    if (dir) await writeFile(path.join(dir, `${peer.name}.log`), peer.log.join('\n') + '\n').catch(() => {});
+    await peer.close();
+  }
 }

@@ -7,10 +7,10 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launchPage, sleep, waitForServer, waitUntil } from './lib.mjs';
+import { closePages, launchPage, sleep, waitForServer, waitUntil } from './lib.mjs';
 
 const BASE_URL = process.env.MERIDIAN_URL ?? 'http://127.0.0.1:8080';
 const ROOM = 'br-test';
@@ -98,10 +98,7 @@ before(
 
 after(
   async () => {
-    for (const peer of peers.values()) {
-      await writeFile(path.join(ARTIFACTS, `${peer.name}.log`), peer.log.join('\n') + '\n').catch(() => {});
-      await peer.close();
-    }
+    await closePages(peers.values(), ARTIFACTS);
   },
   { timeout: 30_000 },
 );

@@ -16,13 +16,11 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launchPage, waitForServer, waitUntil } from './lib.mjs';
+import { closePages, launchPage, spawnMeridian, waitForServer, waitUntil } from './lib.mjs';
 
-const BIN = process.env.MERIDIAN_BIN;
 // The publisher's codec: VP8 (picture ids rewritten at switches) or H264
 // (layer sizes read from its SPS). run.sh runs this file once for each.
 const CODEC = (process.env.SIMULCAST_CODEC ?? 'VP8').toUpperCase();
@@ -34,7 +32,6 @@ const ARTIFACTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'artif
 /** name -> { name, page, log, close } */
 const peers = new Map();
 let server = null;
-let serverLog = '';
 
 async function join(name, query = '') {
   const peer = await launchPage(
@@ -61,15 +58,9 @@ const widthOf = (encodings, rid) => encodings.find((e) => e.rid === rid)?.frameW
 before(
   async () => {
     await mkdir(ARTIFACTS, { recursive: true });
-    assert.ok(BIN, 'MERIDIAN_BIN is set');
-    server = spawn(BIN, ['serve', '--http', HTTP, '--udp', '127.0.0.1:18281', '--no-bwe'], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    server.stderr.on('data', (d) => {
-      serverLog = (serverLog + d).slice(-100_000);
-    });
+    server = spawnMeridian(['serve', '--http', HTTP, '--udp', '127.0.0.1:18281', '--no-bwe']);
     await waitForServer(BASE_URL).catch((err) => {
-      throw new Error(`${err.message}; server log: ${serverLog.slice(-4000)}`);
+      throw new Error(`${err.message}; server log: ${server.log().slice(-4000)}`);
     });
     await join('pub', `&codec=${CODEC}`);
     await join('big', '&publish=0');
@@ -80,13 +71,10 @@ before(
 
 after(
   async () => {
-    for (const peer of peers.values()) {
-      await writeFile(path.join(ARTIFACTS, `${peer.name}.log`), peer.log.join('\n') + '\n').catch(() => {});
-      await peer.close();
-    }
+    await closePages(peers.values(), ARTIFACTS);
     server?.kill('SIGTERM');
     const log = `simulcast-${CODEC.toLowerCase()}-server.log`;
-    await writeFile(path.join(ARTIFACTS, log), serverLog).catch(() => {});
+    if (server) await writeFile(path.join(ARTIFACTS, log), server.log()).catch(() => {});
   },
   { timeout: 30_000 },
 );
