@@ -7,6 +7,7 @@
 #   benches/fanout.sh        # DURATION=20s SUBSCRIBERS="50 100 200 400" MEETING_ROOMS="10 25 50 100"
 #   DURATION=10s SUBSCRIBERS="50" MEETING_ROOMS="5" benches/fanout.sh   # a quick look
 #   SERVE_ARGS="--no-bwe" benches/fanout.sh                                # server flags
+#   SERVER_BIN=/tmp/meridian-old benches/fanout.sh    # another server build, same tester
 #
 # Reports go to target/fanout/*.json|html; a markdown table is printed.
 # Everything runs on 127.0.0.1.
@@ -30,7 +31,7 @@ mkdir -p "$OUT"
 server_pid=""
 start_server() {
   # shellcheck disable=SC2086 # SERVE_ARGS is a list of flags
-  taskset -c 0 "$BIN" serve --http "$HTTP" --udp "$UDP" ${SERVE_ARGS:-} >"$OUT/server-$1.log" 2>&1 &
+  taskset -c 0 "${SERVER_BIN:-$BIN}" serve --http "$HTTP" --udp "$UDP" ${SERVE_ARGS:-} >"$OUT/server-$1.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 100); do
     curl -sf -o /dev/null "http://$HTTP/healthz" && return 0

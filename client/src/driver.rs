@@ -9,6 +9,7 @@ use std::time::Instant;
 use futures_util::{SinkExt, StreamExt};
 use meridian_sfu::core::codec::{negotiated_pt, rtc_config};
 use meridian_sfu::core::fec::{receiver_for, video_fec_pts, FecReceiver};
+use meridian_sfu::io::MediaSocket;
 use meridian_signaling::protocol::{ClientMsg, ServerMsg};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
@@ -17,7 +18,7 @@ use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{RtpPacket, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -54,7 +55,8 @@ struct Outgoing {
 
 pub(crate) struct Driver {
     rtc: Rtc,
-    socket: UdpSocket,
+    /// quinn-udp socket: GRO takes a GSO-sent frame in one read.
+    socket: MediaSocket,
     local: SocketAddr,
     ws: Option<Ws>,
     outgoing: HashMap<MediaKind, Outgoing>,
@@ -73,7 +75,14 @@ pub(crate) struct Driver {
     channel: Option<ChannelId>,
     /// Signals received during connect, delivered first by `run`.
     early: Vec<ServerMsg>,
+    /// What str0m put out while a batch of datagrams was fed to it, in order:
+    /// in RTP mode it holds one received packet until polled, so each
+    /// datagram's output is taken before the next goes in.
+    backlog: Vec<Output>,
 }
+
+/// Datagrams (or GRO groups) one client reads per wake-up.
+const CLIENT_RECV_SLOTS: usize = 4;
 
 fn rtc_error(e: impl std::fmt::Display) -> ClientError {
     ClientError::Rtc(e.to_string())
@@ -81,7 +90,7 @@ fn rtc_error(e: impl std::fmt::Display) -> ClientError {
 
 impl Driver {
     async fn new(cfg: &ClientConfig) -> Result<Driver, ClientError> {
-        let socket = UdpSocket::bind(SocketAddr::new(cfg.bind_ip, 0)).await?;
+        let socket = MediaSocket::bind(SocketAddr::new(cfg.bind_ip, 0), CLIENT_RECV_SLOTS)?;
         let local = socket.local_addr()?;
         // Header bytes as received: ULPFEC recovery needs the packets as sent.
         let mut rtc = rtc_config()
@@ -103,6 +112,7 @@ impl Driver {
             udp_via: cfg.udp_via,
             channel: None,
             early: Vec::new(),
+            backlog: Vec::new(),
         })
     }
 
@@ -315,7 +325,6 @@ impl Driver {
         mut cmds: mpsc::Receiver<DriverCmd>,
         events: mpsc::Sender<ClientEvent>,
     ) {
-        let mut buf = vec![0u8; 2048];
         for m in std::mem::take(&mut self.early) {
             let _ = events.send(ClientEvent::Signal(m)).await;
         }
@@ -336,17 +345,11 @@ impl Driver {
             // per-packet cost of a receiving client).
             let mut tick = false;
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
-                    let Ok((n, source)) = r else { continue };
-                    let Ok(contents) = buf[..n].try_into() else { continue };
-                    let input = Input::Receive(Instant::now(), Receive {
-                        proto: Protocol::Udp,
-                        source,
-                        destination: self.local,
-                        contents,
-                    });
-                    if let Err(e) = self.rtc.handle_input(input) {
-                        debug!(error = %e, "client rejected a datagram");
+                r = self.socket.readable() => {
+                    if r.is_ok() {
+                        if let Err(why) = self.receive(&events).await {
+                            break why;
+                        }
                     }
                 }
                 msg = ws_next => match msg {
@@ -401,15 +404,60 @@ impl Driver {
         let _ = events.send(ClientEvent::Closed(reason)).await;
     }
 
+    /// Feeds what the socket has queued (a batch, GRO groups split) to
+    /// str0m, then handles what came out.
+    async fn receive(&mut self, events: &mpsc::Sender<ClientEvent>) -> Result<(), String> {
+        let now = Instant::now();
+        let local = self.local;
+        let rtc = &mut self.rtc;
+        let backlog = &mut self.backlog;
+        let mut failed = None;
+        let r = self.socket.try_recv(|source, d| {
+            let Ok(contents) = d.try_into() else { return };
+            let input = Input::Receive(
+                now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source,
+                    destination: local,
+                    contents,
+                },
+            );
+            if let Err(e) = rtc.handle_input(input) {
+                debug!(error = %e, "client rejected a datagram");
+            }
+            while failed.is_none() {
+                match rtc.poll_output() {
+                    Ok(Output::Timeout(_)) => break,
+                    Ok(o) => backlog.push(o),
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
+        });
+        if let Err(e) = r {
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                debug!(error = %e, "UDP receive failed");
+            }
+        }
+        let mut backlog = std::mem::take(&mut self.backlog);
+        for o in backlog.drain(..) {
+            match o {
+                Output::Transmit(t) => self.socket.send_to(&t.contents, t.destination).await,
+                Output::Event(e) => self.on_event(e, events).await,
+                Output::Timeout(_) => {}
+            }
+        }
+        self.backlog = backlog;
+        failed.map_or(Ok(()), Err)
+    }
+
     async fn drain(&mut self, events: &mpsc::Sender<ClientEvent>) -> Result<Instant, String> {
         loop {
             if !self.rtc.is_alive() {
                 return Err("connection closed".into());
             }
             match self.rtc.poll_output().map_err(|e| e.to_string())? {
-                Output::Transmit(t) => {
-                    let _ = self.socket.send_to(&t.contents, t.destination).await;
-                }
+                Output::Transmit(t) => self.socket.send_to(&t.contents, t.destination).await,
                 Output::Timeout(t) => return Ok(t),
                 Output::Event(e) => self.on_event(e, events).await,
             }

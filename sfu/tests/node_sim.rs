@@ -1077,3 +1077,59 @@ fn nack_red_and_fec_together_over_lossy_uplink_and_downlink() {
         );
     }
 }
+
+/// With BWE on (the default), the packets of one frame leave towards each
+/// subscriber back to back, in one run of `poll_output`: str0m's pacer
+/// hands them out without a timeout between them (vendored patch
+/// `pacer-burst`), which is what lets the worker send them with one GSO
+/// call, and saves a str0m tick per packet.
+#[test]
+fn a_frame_leaves_back_to_back_towards_each_subscriber() {
+    let mut sim = sim(11);
+    let (publisher, subs) = room(&mut sim, 3, false);
+    let mut cam = Camera::new(publisher, 1, 1_000, 0);
+    drive(&mut sim, Some(&mut cam), None, Duration::from_secs(2), |_, _| {});
+    sim.run_for(Duration::from_millis(200));
+    for s in &subs {
+        assert!(!of_kind(&sim, *s, MediaKind::Video).is_empty(), "video flows to {s:?}");
+    }
+
+    for _ in 0..5 {
+        sim.capture_rtp_uplink(publisher, true);
+        cam.send_frame(&mut sim);
+        let frame = sim.take_captured(publisher);
+        sim.capture_rtp_uplink(publisher, false);
+        assert_eq!(frame.len(), PACKETS, "the frame's packets were captured");
+        let node_addr = sim.node_addr();
+        for c in &frame {
+            sim.node_mut()
+                .handle_receive(c.at, c.source, node_addr, &c.contents);
+        }
+        // One drain: every transmit of the frame to the subscribers, in the
+        // order the node emits them (RTCP to the publisher aside).
+        let publisher_addr = sim.client(publisher).addr;
+        let mut order = Vec::new();
+        loop {
+            match sim.node_mut().poll_output() {
+                meridian_sfu::core::Output::Transmit(t) if t.destination != publisher_addr => {
+                    order.push(t.destination)
+                }
+                meridian_sfu::core::Output::Transmit(_) => {}
+                meridian_sfu::core::Output::Event(_) => {}
+                meridian_sfu::core::Output::Timeout(_) => break,
+            }
+        }
+        assert!(
+            order.len() >= PACKETS * subs.len(),
+            "the whole frame left in one drain: {} datagrams",
+            order.len()
+        );
+        let runs = 1 + order.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(
+            runs,
+            subs.len(),
+            "one run of datagrams per subscriber: {order:?}"
+        );
+        sim.run_for(FRAME);
+    }
+}

@@ -237,6 +237,30 @@ async fn metrics(State(state): State<Shared>) -> Response {
         s.bytes_forwarded,
     );
     gauge(
+        "meridian_udp_datagrams_sent_total",
+        "UDP datagrams sent (media, RTCP, DTLS, STUN).",
+        "counter",
+        s.io.datagrams_out,
+    );
+    gauge(
+        "meridian_udp_send_calls_total",
+        "UDP send system calls (one GSO call carries several datagrams).",
+        "counter",
+        s.io.send_calls,
+    );
+    gauge(
+        "meridian_udp_datagrams_received_total",
+        "UDP datagrams received.",
+        "counter",
+        s.io.datagrams_in,
+    );
+    gauge(
+        "meridian_udp_recv_calls_total",
+        "UDP receive system calls that returned datagrams (recvmmsg).",
+        "counter",
+        s.io.recv_calls,
+    );
+    gauge(
         "meridian_fec_packets_total",
         "ULPFEC packets sent to subscribers.",
         "counter",

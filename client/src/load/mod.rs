@@ -528,6 +528,9 @@ pub struct ServerSample {
     pub cpu_seconds: Option<f64>,
     pub rss_bytes: Option<u64>,
     pub forwarded: Option<u64>,
+    /// Meridian's UDP counters (other SFUs do not have them).
+    pub udp_datagrams_sent: Option<u64>,
+    pub udp_send_calls: Option<u64>,
 }
 
 impl ServerSample {
@@ -551,6 +554,10 @@ impl ServerSample {
                         "process_cpu_seconds_total" => s.cpu_seconds = v.parse().ok(),
                         "process_resident_memory_bytes" => s.rss_bytes = v.parse().ok(),
                         "meridian_rtp_forwarded_total" => s.forwarded = v.parse().ok(),
+                        "meridian_udp_datagrams_sent_total" => {
+                            s.udp_datagrams_sent = v.parse().ok()
+                        }
+                        "meridian_udp_send_calls_total" => s.udp_send_calls = v.parse().ok(),
                         _ => {}
                     }
                 }

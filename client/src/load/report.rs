@@ -39,6 +39,8 @@ pub struct ServerCost {
     pub memory_per_subscriber_bytes: Option<f64>,
     /// RSS growth from the idle server to full load, per peer of any kind.
     pub memory_per_peer_bytes: Option<f64>,
+    /// UDP datagrams per send system call over the run (above 1 with GSO).
+    pub datagrams_per_send: Option<f64>,
 }
 
 impl ServerCost {
@@ -60,6 +62,9 @@ impl ServerCost {
             .forwarded
             .zip(before.forwarded)
             .map(|(a, b)| a.saturating_sub(b));
+        let delta = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| a.saturating_sub(b));
+        let datagrams = delta(after.udp_datagrams_sent, before.udp_datagrams_sent);
+        let sends = delta(after.udp_send_calls, before.udp_send_calls);
         let secs = after
             .at
             .zip(before.at)
@@ -87,6 +92,10 @@ impl ServerCost {
                 .zip(before.rss_bytes)
                 .filter(|_| peers > 0)
                 .map(|(l, b)| (l as f64 - b as f64) / peers as f64),
+            datagrams_per_send: datagrams
+                .zip(sends)
+                .filter(|(_, s)| *s > 0)
+                .map(|(d, s)| d as f64 / s as f64),
         }
     }
 }
@@ -344,7 +353,7 @@ impl Report {
         let sv = &self.server;
         let _ = writeln!(
             s,
-            "  server            cpu {}  forwarded {} ({} pkt/s)  {} µs/pkt  {} pkt/cpu-s",
+            "  server            cpu {}  forwarded {} ({} pkt/s)  {} µs/pkt  {} pkt/cpu-s  {} datagrams/send",
             opt(sv.cpu_seconds, " s"),
             sv.forwarded_packets
                 .map(|v| v.to_string())
@@ -352,6 +361,7 @@ impl Report {
             opt(sv.forwarded_per_second, ""),
             opt(sv.cpu_us_per_forwarded_packet, ""),
             opt(sv.forwarded_per_cpu_second, ""),
+            opt(sv.datagrams_per_send, ""),
         );
         let _ = writeln!(
             s,

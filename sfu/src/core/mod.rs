@@ -26,9 +26,9 @@ mod room;
 pub use history::ResendPolicy;
 pub use ids::{PeerId, RoomId, TrackId};
 pub use node::{
-    CommandError, JoinKind, JoinRequest, MuteTarget, NackStats, Node, NodeConfig, NodeEvent,
-    NodeStats, Output, ParticipantInfo, PeerSignal, SelectionState, TrackInfo, TrackMapEntry,
-    TrackPrefs, DEFAULT_MAX_PEERS_PER_ROOM,
+    CommandError, IoStats, JoinKind, JoinRequest, MuteTarget, NackStats, Node, NodeConfig,
+    NodeEvent, NodeStats, Output, ParticipantInfo, PeerSignal, SelectionState, TrackInfo,
+    TrackMapEntry, TrackPrefs, DEFAULT_MAX_PEERS_PER_ROOM,
 };
 pub use str0m::media::MediaKind;
 

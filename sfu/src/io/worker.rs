@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use super::udp::{GsoBatch, MediaSocket};
 use crate::core::{
-    CommandError, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output,
+    CommandError, IoStats, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output,
     ParticipantInfo, PeerId, PeerSignal, TrackId, TrackPrefs,
 };
 use str0m::media::Mid;
@@ -27,11 +27,9 @@ const COMMAND_QUEUE: usize = 1024;
 pub const PEER_EVENT_QUEUE: usize = 256;
 
 /// Datagrams read per loop pass before output is drained, so packets that
-/// arrive together are forwarded in one pass (one str0m tick per subscriber).
-const RECV_BATCH: usize = 64;
-
-/// Largest datagram we accept; anything larger is not WebRTC.
-const MAX_DATAGRAM: usize = 2048;
+/// arrive together are forwarded in one pass (one str0m tick per subscriber,
+/// and one GSO send per subscriber for a frame's packets).
+const RECV_PER_PASS: usize = 64;
 
 /// How often stats are published and drop summaries logged.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -202,8 +200,15 @@ pub fn spawn_node(
                 .build()
                 .expect("a current-thread runtime builds");
             rt.block_on(async move {
-                let socket =
-                    UdpSocket::from_std(std_sock).expect("a nonblocking std socket converts");
+                let socket = match MediaSocket::new(std_sock) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot set up the media socket");
+                        return;
+                    }
+                };
+                let batch = GsoBatch::new(socket.max_segments());
+                info!(gso_segments = socket.max_segments(), "media socket ready");
                 let mut config = NodeConfig::new(candidate_addr);
                 config.max_peers_per_room = max_peers_per_room;
                 if !recovery.nack {
@@ -216,6 +221,8 @@ pub fn spawn_node(
                 Worker {
                     node,
                     socket,
+                    batch,
+                    io: IoStats::default(),
                     candidate_addr,
                     sessions: HashMap::new(),
                     stats: stats_tx,
@@ -237,7 +244,10 @@ pub fn spawn_node(
 
 struct Worker {
     node: Node,
-    socket: UdpSocket,
+    socket: MediaSocket,
+    /// Datagrams to one destination waiting to leave in one GSO send.
+    batch: GsoBatch,
+    io: IoStats,
     candidate_addr: SocketAddr,
     sessions: HashMap<PeerId, mpsc::Sender<PeerEvent>>,
     stats: watch::Sender<Arc<NodeStats>>,
@@ -246,7 +256,6 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut next_stats = Instant::now();
         let mut next_drop_log = Instant::now() + DROP_LOG_INTERVAL;
         let mut logged_drops = 0u64;
@@ -254,7 +263,8 @@ impl Worker {
             let timeout = self.drain().await;
             let now = Instant::now();
             if now >= next_stats {
-                let stats = self.node.stats();
+                let mut stats = self.node.stats();
+                stats.io = self.io.clone();
                 if now >= next_drop_log {
                     let total = stats.drops.total();
                     if total > logged_drops {
@@ -285,19 +295,9 @@ impl Worker {
                         break;
                     }
                 }
-                r = self.socket.recv_from(&mut buf) => {
-                    let now = Instant::now();
+                r = self.socket.readable() => {
                     match r {
-                        Ok((n, src)) => {
-                            self.node.handle_receive(now, src, self.candidate_addr, &buf[..n]);
-                            // Take what else is already queued before draining.
-                            for _ in 1..RECV_BATCH {
-                                match self.socket.try_recv_from(&mut buf) {
-                                    Ok((n, src)) => self.node.handle_receive(now, src, self.candidate_addr, &buf[..n]),
-                                    Err(_) => break,
-                                }
-                            }
-                        }
+                        Ok(()) => self.receive(),
                         Err(e) => debug!(error = %e, "UDP receive failed"),
                     }
                 }
@@ -306,6 +306,31 @@ impl Worker {
             self.node.handle_timeout(Instant::now());
         }
         debug!("media worker stopped");
+    }
+
+    /// Reads what is queued (up to `RECV_PER_PASS` datagrams) into the node.
+    fn receive(&mut self) {
+        let now = Instant::now();
+        let local = self.candidate_addr;
+        let node = &mut self.node;
+        let mut taken = 0;
+        while taken < RECV_PER_PASS {
+            match self
+                .socket
+                .try_recv(|src, d| node.handle_receive(now, src, local, d))
+            {
+                Ok(n) => {
+                    taken += n;
+                    self.io.datagrams_in += n as u64;
+                    self.io.recv_calls += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "UDP receive failed");
+                    break;
+                }
+            }
+        }
     }
 
     /// Returns true when the worker should stop.
@@ -408,7 +433,13 @@ impl Worker {
     async fn drain(&mut self) -> Instant {
         loop {
             match self.node.poll_output() {
-                Output::Transmit(t) => self.send(&t.contents, t.destination).await,
+                Output::Transmit(t) => {
+                    if !self.batch.push(t.destination, &t.contents) {
+                        self.flush().await;
+                        let fits = self.batch.push(t.destination, &t.contents);
+                        debug_assert!(fits, "a datagram always fits an empty batch");
+                    }
+                }
                 Output::Event(NodeEvent::Signal(peer, s)) => {
                     self.deliver(peer, PeerEvent::Signal(s))
                 }
@@ -417,26 +448,22 @@ impl Worker {
                         let _ = tx.try_send(PeerEvent::Gone { reason });
                     }
                 }
-                Output::Timeout(t) => return t,
+                Output::Timeout(t) => {
+                    self.flush().await;
+                    return t;
+                }
             }
         }
     }
 
-    async fn send(&self, buf: &[u8], dest: SocketAddr) {
-        loop {
-            match self.socket.try_send_to(buf, dest) {
-                Ok(_) => return,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if self.socket.writable().await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    debug!(%dest, error = %e, "UDP send failed");
-                    return;
-                }
-            }
+    /// Sends the batched datagrams (one GSO send when there are several).
+    async fn flush(&mut self) {
+        if let Some(t) = self.batch.transmit() {
+            self.socket.send(&t).await;
+            self.io.send_calls += 1;
+            self.io.datagrams_out += self.batch.len() as u64;
         }
+        self.batch.clear();
     }
 
     fn deliver(&mut self, peer: PeerId, ev: PeerEvent) {

@@ -56,6 +56,7 @@ pub struct RtcConfig {
     pub(crate) enable_raw_packets: bool,
     pub(crate) keep_rtp_header_bytes: bool,
     pub(crate) pacer_queue_limit: Option<Duration>,
+    pub(crate) pacer_burst: bool,
     pub(crate) twcc_send_records: usize,
     pub(crate) dtls_version: DtlsVersion,
     pub(crate) vp9_packetizer_mode: Vp9PacketizerMode,
@@ -789,6 +790,19 @@ impl RtcConfig {
         self
     }
 
+    /// MERIDIAN PATCH (pacer-burst): with BWE enabled, let the pacer hand
+    /// out every packet it would send now in one run of `poll_output`,
+    /// instead of asking for a timeout (a full `handle_timeout`) between
+    /// two packets. Time does not advance within one run, so the pacing
+    /// decisions are the same; what changes is that a burst of queued
+    /// packets (a frame) leaves in one go, back to back, which is both
+    /// cheaper and lets the application batch them (UDP GSO). Probes are
+    /// paced as before.
+    pub fn set_pacer_burst(mut self, enabled: bool) -> Self {
+        self.pacer_burst = enabled;
+        self
+    }
+
     /// MERIDIAN PATCH (memory): how many sent packets are remembered to
     /// match TWCC feedback against (default 1000, about 90 KB per `Rtc`). The
     /// records must cover the packets sent in one feedback interval plus a
@@ -946,6 +960,7 @@ impl Default for RtcConfig {
             enable_raw_packets: false,
             keep_rtp_header_bytes: false,
             pacer_queue_limit: None,
+            pacer_burst: false,
             twcc_send_records: 1000,
             dtls_version: DtlsVersion::Dtls12,
             vp9_packetizer_mode: Vp9PacketizerMode::default(),

@@ -172,6 +172,9 @@ impl Session {
             if let (Some(limit), PacerImpl::LeakyBucket(p)) = (config.pacer_queue_limit, &mut pacer) {
                 p.set_queue_limit(limit);
             }
+            if let PacerImpl::LeakyBucket(p) = &mut pacer {
+                p.set_burst(config.pacer_burst);
+            }
             let bwe = Bwe::new(rate);
             (pacer, Some(bwe))
         } else {

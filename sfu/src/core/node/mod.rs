@@ -262,6 +262,19 @@ pub struct NodeStats {
     pub fec_bytes: u64,
     pub drops: DropCounters,
     pub nack: NackStats,
+    /// Socket counters; the node is sans-IO, so the I/O shell fills these.
+    pub io: IoStats,
+}
+
+/// What the media socket did (filled by `io::worker`, not by `Node`).
+#[derive(Debug, Clone, Default)]
+pub struct IoStats {
+    pub datagrams_in: u64,
+    /// `recvmmsg` calls that returned data.
+    pub recv_calls: u64,
+    pub datagrams_out: u64,
+    /// Send system calls: with GSO one carries several datagrams.
+    pub send_calls: u64,
 }
 
 /// What became of the sequence numbers subscribers NACKed.
@@ -366,6 +379,9 @@ fn rtc_config(bwe: bool) -> RtcConfig {
         .set_stats_interval(Some(STATS_INTERVAL))
         .enable_bwe(bwe.then_some(initial))
         .set_pacer_queue_limit(PACER_QUEUE_LIMIT)
+        // A frame's packets leave back to back in one poll run (no str0m tick
+        // between them), so the worker can send them with one GSO call.
+        .set_pacer_burst(true)
         .set_twcc_send_records(TWCC_SEND_RECORDS)
 }
 

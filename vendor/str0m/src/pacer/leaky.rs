@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use super::Pacer;
 use super::PaddingRequest;
 use super::QueueState;
+use super::QueuePriority;
 use crate::Reason;
 use crate::bwe_::ProbeClusterConfig;
 use crate::bwe_::ProbeClusterState;
@@ -50,6 +51,9 @@ pub struct LeakyBucketPacer {
     completed_probe: Option<TwccClusterId>,
     /// Gates poll_queue() until handle_timeout() is called after packet emission.
     needs_timeout_before_next_poll: bool,
+    /// MERIDIAN PATCH (pacer-burst): hand out every packet that may go now
+    /// without a handle_timeout() between them.
+    burst: bool,
 }
 
 impl Pacer for LeakyBucketPacer {
@@ -123,6 +127,10 @@ impl Pacer for LeakyBucketPacer {
     }
 
     fn poll_queue(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
+        if self.burst && self.probe_queue.is_empty() {
+            return self.poll_burst();
+        }
+
         // GATE: Block if we need timeout first
         if self.needs_timeout_before_next_poll {
             return None;
@@ -160,6 +168,18 @@ impl Pacer for LeakyBucketPacer {
         if let Some(cluster_id) = self.check_probe_complete_internal(now) {
             self.completed_probe = Some(cluster_id);
         }
+
+        if self.burst && self.probe_queue.is_empty() {
+            if let Some(q) = self.queue_states.iter_mut().find(|q| q.midrid == _from) {
+                q.snapshot.last_emitted = Some(now);
+            }
+            // The packet went out, so the snapshot was right. With nothing
+            // left to send and no padding to schedule, no timeout is needed
+            // until new media is queued (which calls handle_timeout).
+            if !self.snapshot_has_packets() && self.padding_bitrate == Bitrate::ZERO {
+                self.next_poll_time = None;
+            }
+        }
     }
 }
 
@@ -167,6 +187,78 @@ impl LeakyBucketPacer {
     /// MERIDIAN PATCH (pacer-queue-limit).
     pub fn set_queue_limit(&mut self, limit: Duration) {
         self.queue_limit = limit;
+    }
+
+    /// MERIDIAN PATCH (pacer-burst).
+    pub fn set_burst(&mut self, burst: bool) {
+        self.burst = burst;
+    }
+
+    /// MERIDIAN PATCH (pacer-burst): `poll_queue` outside a probe. The first
+    /// packet after a `handle_timeout` is the one it chose; after that, the
+    /// snapshot it was given is counted down and the next packet is handed
+    /// out at once if the same rules would send it now (unpaced queues
+    /// first, then paced media while the debt is under one burst interval).
+    /// Time does not move within a run of polls, so these are the decisions
+    /// a `handle_timeout` between the packets would have made.
+    fn poll_burst(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
+        let next = if self.needs_timeout_before_next_poll {
+            let next = self.next_burst_queue();
+            if next.is_none() {
+                // The burst is over. What is left waits for its debt to
+                // clear, and padding needs a fresh decision: both come from
+                // handle_timeout. Otherwise register_send cleared the poll.
+                if self.snapshot_has_packets() || self.padding_bitrate > Bitrate::ZERO {
+                    self.request_immediate_timeout();
+                }
+            }
+            next?
+        } else {
+            // Whatever handle_timeout decided stands, including a wait.
+            self.next_poll_queue.take()?
+        };
+        self.needs_timeout_before_next_poll = true;
+        if let Some(q) = self.queue_states.iter_mut().find(|q| q.midrid == next) {
+            let s = &mut q.snapshot;
+            s.packet_count = s.packet_count.saturating_sub(1);
+            if s.packet_count == 0 {
+                s.first_unsent = None;
+                s.priority = QueuePriority::Empty;
+            }
+        }
+        // Until register_send confirms a packet went out, a stale snapshot
+        // (the stream had nothing after all) must be refreshed.
+        self.request_immediate_timeout();
+        Some((next, None))
+    }
+
+    fn next_burst_queue(&self) -> Option<MidRid> {
+        let unpaced = self
+            .queue_states
+            .iter()
+            .filter(|q| q.unpaced && q.snapshot.packet_count > 0)
+            .min_by_key(|q| q.snapshot.first_unsent);
+        if let Some(q) = unpaced {
+            return Some(q.midrid);
+        }
+        if self.adjusted_bitrate == Bitrate::ZERO {
+            return None;
+        }
+        let burst_interval = PACING.min(MAX_BURST_SIZE / self.adjusted_bitrate);
+        if self.media_debt / self.adjusted_bitrate >= burst_interval {
+            return None;
+        }
+        self.queue_states
+            .iter()
+            .filter(|q| q.snapshot.packet_count > 0)
+            .min_by_key(|q| (q.snapshot.priority, q.snapshot.last_emitted))
+            .map(|q| q.midrid)
+    }
+
+    fn snapshot_has_packets(&self) -> bool {
+        self.queue_states
+            .iter()
+            .any(|q| q.snapshot.packet_count > 0)
     }
 
     pub fn new(initial_pacing_bitrate: Bitrate) -> Self {
@@ -187,6 +279,7 @@ impl LeakyBucketPacer {
             probe_queue: VecDeque::new(),
             completed_probe: None,
             needs_timeout_before_next_poll: true,
+            burst: false,
         }
     }
 
@@ -487,7 +580,7 @@ impl LeakyBucketPacer {
 
 #[cfg(test)]
 mod test {
-    use super::super::{QueuePriority, QueueSnapshot};
+    use super::super::QueueSnapshot;
     use super::*;
     use crate::rtp_::{DataSize, Mid, RtpHeader};
     use queue::{PacketKind, Queue, QueuedPacket};

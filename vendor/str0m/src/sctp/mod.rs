@@ -63,6 +63,11 @@ pub(crate) struct RtcSctp {
     snap_init: Option<SctpInitData>,
     /// Bytes that can be buffered across all streams before `available()` is 0.
     max_buffered_amount: usize,
+    /// MERIDIAN PATCH (sctp-idle): the last `poll` found nothing to do and
+    /// nothing has touched the association since, so the next `poll` would
+    /// find nothing either. `Rtc` polls SCTP on every `poll_output`, i.e. once
+    /// per RTP packet sent; without this each of those walks the association.
+    idle: bool,
     #[cfg(test)]
     max_payload_size: usize,
 }
@@ -322,6 +327,7 @@ impl RtcSctp {
             snap_enabled: false,
             snap_init: None,
             max_buffered_amount: DEFAULT_MAX_BUFFERED_AMOUNT,
+            idle: false,
             #[cfg(test)]
             max_payload_size,
         }
@@ -367,6 +373,7 @@ impl RtcSctp {
         if let Some(snap_data) = sctp_init_data {
             // SNAP path: both local and remote INIT chunks must be present.
             if snap_data.local_init.is_none() || snap_data.remote_init.is_none() {
+        self.idle = false;
                 return Err(SctpError::Proto(ProtoError::Other(
                     "SNAP requires both local and remote SCTP INIT chunks".into(),
                 )));
@@ -424,11 +431,13 @@ impl RtcSctp {
 
     /// Enable SNAP by pre-populating the init data.
     pub fn enable_snap(&mut self) {
+        self.idle = false;
         self.snap_enabled = true;
         self.snap_init.get_or_insert_with(SctpInitData::new);
     }
 
     pub fn set_max_buffered_amount(&mut self, max_buffered_amount: usize) {
+        self.idle = false;
         self.max_buffered_amount = max_buffered_amount;
     }
 
@@ -440,6 +449,7 @@ impl RtcSctp {
     /// Ensure the local SNAP INIT chunk is generated. Returns `false` if
     /// generation failed (degrades to non-SNAP).
     pub fn ensure_local_snap_init(&mut self) -> bool {
+        self.idle = false;
         let init_data = self.snap_init.get_or_insert_with(SctpInitData::new);
         if init_data.local_init_chunk().is_err() {
             self.snap_init = None;
@@ -453,6 +463,7 @@ impl RtcSctp {
     ///
     /// This preserves local opt-in for future offers.
     pub fn disable_pending_snap(&mut self) {
+        self.idle = false;
         if !self.is_inited() {
             self.snap_init = None;
         }
@@ -490,6 +501,7 @@ impl RtcSctp {
     /// Set the remote SNAP INIT from a base64 string. Returns `Ok(true)` if
     /// accepted, `Ok(false)` on decode error (degrades to non-SNAP).
     pub fn set_remote_snap_init_string(&mut self, value: &str) -> bool {
+        self.idle = false;
         let init_data = self.snap_init.get_or_insert_with(SctpInitData::new);
         match init_data.set_remote_init_string(value) {
             Ok(()) => true,
@@ -512,6 +524,7 @@ impl RtcSctp {
 
     /// Opens a new stream.
     pub fn open_stream(&mut self, id: u16, config: ChannelConfig) {
+        self.idle = false;
         // The channel might already have arrived via SCTP, and if it is negotiated out-of-band
         // we are waiting for the configuration.
         let entry = stream_entry(
@@ -566,6 +579,7 @@ impl RtcSctp {
 
     /// Close stream.
     pub fn close_stream(&mut self, id: u16) {
+        self.idle = false;
         if let Some(entry) = entry_by_id_mut(&mut self.entries, id) {
             entry.do_close = true;
 
@@ -575,6 +589,7 @@ impl RtcSctp {
     }
 
     pub fn close(&mut self) -> Result<(), SctpError> {
+        self.idle = false;
         let Some(assoc) = &mut self.assoc else {
             return Ok(());
         };
@@ -600,6 +615,7 @@ impl RtcSctp {
 
     // TODO: fix sctp-proto so we don't need &mut here.
     pub fn available(&mut self) -> usize {
+        self.idle = false;
         let Some(assoc) = &mut self.assoc else {
             return 0;
         };
@@ -620,6 +636,7 @@ impl RtcSctp {
     }
 
     pub fn write(&mut self, id: u16, binary: bool, buf: &[u8]) -> Result<usize, SctpError> {
+        self.idle = false;
         if self.state != RtcSctpState::Established || self.is_closing() || self.is_closed() {
             return Err(SctpError::WriteBeforeEstablished);
         }
@@ -653,6 +670,7 @@ impl RtcSctp {
     }
 
     pub fn buffered_amount(&mut self, id: u16) -> usize {
+        self.idle = false;
         let Some(assoc) = self.assoc.as_mut() else {
             return 0;
         };
@@ -665,6 +683,7 @@ impl RtcSctp {
     }
 
     pub fn set_buffered_amount_low_threshold(&mut self, id: u16, threshold: usize) {
+        self.idle = false;
         let entry =
             entry_by_id_mut(&mut self.entries, id).expect("stream entry for valid channel id");
 
@@ -673,6 +692,7 @@ impl RtcSctp {
     }
 
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        self.idle = false;
         trace!("Handle input: {}", data.len());
 
         // TODO, remove Bytes in sctp and just use &[u8].
@@ -726,6 +746,18 @@ impl RtcSctp {
             return;
         };
 
+        // MERIDIAN PATCH (sctp-idle): the association only has work when one
+        // of its timers expired (it ignores the call otherwise) or an open is
+        // being retried; `Rtc` calls this on every timeout, most of them for RTP.
+        let retrying = self
+            .entries
+            .iter()
+            .any(|e| e.state == StreamEntryState::AwaitOpen);
+        if !retrying && !assoc.poll_timeout().is_some_and(|t| t <= now) {
+            return;
+        }
+        self.idle = false;
+
         assoc.handle_timeout(now);
 
         // propagate events between endpoint and association.
@@ -737,7 +769,11 @@ impl RtcSctp {
     }
 
     pub fn poll(&mut self) -> Option<SctpEvent> {
+        if self.idle {
+            return None;
+        }
         let r = self.do_poll();
+        self.idle = r.is_none();
 
         if let Some(r) = &r {
             trace!("Poll {:?}", r);
@@ -1171,6 +1207,7 @@ impl RtcSctp {
     }
 
     pub fn push_back_transmit(&mut self, data: VecDeque<Vec<u8>>) {
+        self.idle = false;
         trace!("Push back transmit: {}", data.len());
         assert!(self.pushed_back_transmit.is_none());
         self.pushed_back_transmit = Some(data);
