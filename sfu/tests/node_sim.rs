@@ -1088,10 +1088,19 @@ fn a_frame_leaves_back_to_back_towards_each_subscriber() {
     let mut sim = sim(11);
     let (publisher, subs) = room(&mut sim, 3, false);
     let mut cam = Camera::new(publisher, 1, 1_000, 0);
-    drive(&mut sim, Some(&mut cam), None, Duration::from_secs(2), |_, _| {});
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_secs(2),
+        |_, _| {},
+    );
     sim.run_for(Duration::from_millis(200));
     for s in &subs {
-        assert!(!of_kind(&sim, *s, MediaKind::Video).is_empty(), "video flows to {s:?}");
+        assert!(
+            !of_kind(&sim, *s, MediaKind::Video).is_empty(),
+            "video flows to {s:?}"
+        );
     }
 
     for _ in 0..5 {

@@ -66,6 +66,8 @@ impl Default for ResendPolicy {
 /// One packet of an incoming track.
 #[derive(Debug, Clone)]
 pub struct HistPacket {
+    /// When the SFU received it.
+    pub at: Instant,
     pub seq: u64,
     pub marker: bool,
     pub pt: Pt,
@@ -75,13 +77,19 @@ pub struct HistPacket {
 }
 
 /// The recent packets of one incoming track, indexed by its extended
-/// sequence number. Cleared (a new generation) when the track's source
-/// changes, so a sequencer entry of the old source can never fetch a packet
-/// of the new one with a colliding sequence number.
+/// sequence number: at most `capacity` of them, and none older than the
+/// `max_age` given to `insert` (a packet no resend may use any more is
+/// released, so the payloads it shares with the forwarding path are freed:
+/// at 1 Mbit/s a full ring held ≈ 8 s, ≈ 1.1 MB, of video). Cleared (a new
+/// generation) when the track's source changes, so a sequencer entry of the
+/// old source can never fetch a packet of the new one with a colliding
+/// sequence number.
 #[derive(Debug)]
 pub struct PacketHistory {
     slots: Box<[Option<HistPacket>]>,
     generation: u32,
+    /// Every slot for a sequence number below this is empty or reused.
+    oldest: u64,
 }
 
 impl Default for PacketHistory {
@@ -96,6 +104,7 @@ impl PacketHistory {
         PacketHistory {
             slots: (0..capacity).map(|_| None).collect(),
             generation: 0,
+            oldest: 0,
         }
     }
 
@@ -112,11 +121,29 @@ impl PacketHistory {
     pub fn new_generation(&mut self) {
         self.generation = self.generation.wrapping_add(1);
         self.slots.iter_mut().for_each(|s| *s = None);
+        self.oldest = 0;
     }
 
-    pub fn insert(&mut self, p: HistPacket) {
-        let i = self.index(p.seq);
+    /// Keeps `p`, and releases packets received more than `max_age` before
+    /// it (amortised O(1): each sequence number is passed once).
+    pub fn insert(&mut self, p: HistPacket, max_age: Duration) {
+        let (seq, now) = (p.seq, p.at);
+        let i = self.index(seq);
         self.slots[i] = Some(p);
+        let ring = self.slots.len() as u64;
+        self.oldest = self.oldest.max(seq.saturating_sub(ring - 1));
+        while self.oldest < seq {
+            let j = self.index(self.oldest);
+            if let Some(q) = &self.slots[j] {
+                if q.seq == self.oldest {
+                    if now.saturating_duration_since(q.at) <= max_age {
+                        break;
+                    }
+                    self.slots[j] = None;
+                }
+            }
+            self.oldest += 1;
+        }
     }
 
     pub fn get(&self, generation: u32, seq: u64) -> Option<&HistPacket> {
@@ -377,6 +404,7 @@ mod tests {
 
     fn pkt(seq: u64) -> HistPacket {
         HistPacket {
+            at: Instant::now(),
             seq,
             marker: false,
             pt: Pt::new_with_value(96),
@@ -385,20 +413,70 @@ mod tests {
         }
     }
 
+    const LONG: Duration = Duration::from_secs(60);
+
     #[test]
     fn history_keeps_the_last_capacity_packets_and_forgets_on_new_generation() {
         let mut h = PacketHistory::new(8);
         for s in 100..120 {
-            h.insert(pkt(s));
+            h.insert(pkt(s), LONG);
         }
         let g = h.generation();
         assert!(h.get(g, 111).is_none(), "overwritten by 119");
         assert_eq!(h.get(g, 119).map(|p| p.seq), Some(119));
         assert_eq!(h.get(g, 112).map(|p| p.payload[0]), Some(112));
         h.new_generation();
-        h.insert(pkt(119));
+        h.insert(pkt(119), LONG);
         assert!(h.get(g, 119).is_none(), "old generation never matches");
         assert!(h.get(h.generation(), 119).is_some());
+    }
+
+    #[test]
+    fn history_releases_packets_older_than_max_age() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut h = PacketHistory::new(64);
+        let max_age = Duration::from_millis(100);
+        // One packet every 10 ms; 113 is lost upstream.
+        for s in (100..130u64).filter(|s| *s != 113) {
+            h.insert(
+                HistPacket {
+                    at: at((s - 100) * 10),
+                    ..pkt(s)
+                },
+                max_age,
+            );
+        }
+        let g = h.generation();
+        // The last packet came at 290 ms: what came before 190 ms is gone.
+        assert!(h.get(g, 118).is_none(), "received at 180 ms");
+        assert_eq!(
+            h.get(g, 119).map(|p| p.seq),
+            Some(119),
+            "received at 190 ms"
+        );
+        assert_eq!(h.get(g, 129).map(|p| p.seq), Some(129));
+        let held = h.slots.iter().flatten().count();
+        assert_eq!(held, 11, "119..=129");
+        // A late retransmission of an old packet is kept (until the ring
+        // reuses its slot).
+        h.insert(
+            HistPacket {
+                at: at(295),
+                ..pkt(113)
+            },
+            max_age,
+        );
+        assert!(h.get(g, 113).is_some());
+        h.insert(
+            HistPacket {
+                at: at(300),
+                ..pkt(130)
+            },
+            max_age,
+        );
+        assert!(h.get(g, 119).is_none(), "190 ms is now too old");
+        assert!(h.get(g, 120).is_some());
     }
 
     #[test]

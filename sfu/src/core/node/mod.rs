@@ -1594,6 +1594,8 @@ impl Node {
         }
 
         let resend = self.config.resend;
+        // Packets older than a resend may be are released from the history.
+        let history_age = resend.map_or(Duration::ZERO, |r| r.max_age);
         let audio_red = self.config.audio_red;
         let now = self.now;
         // Layers some subscriber waits for a keyframe of (bit i: layer i).
@@ -1615,13 +1617,17 @@ impl Node {
             let generation = match track.layers.get_mut(layer).filter(|_| video) {
                 Some(l) => {
                     let h = l.history(fwd.source);
-                    h.insert(HistPacket {
-                        seq: fwd.seq,
-                        marker: unit.marker,
-                        pt,
-                        payload: unit.payload.clone(),
-                        orientation: ext.video_orientation,
-                    });
+                    h.insert(
+                        HistPacket {
+                            at: now,
+                            seq: fwd.seq,
+                            marker: unit.marker,
+                            pt,
+                            payload: unit.payload.clone(),
+                            orientation: ext.video_orientation,
+                        },
+                        history_age,
+                    );
                     Some(h.generation())
                 }
                 None => None,
