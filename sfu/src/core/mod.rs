@@ -8,6 +8,7 @@
 pub mod allocator;
 pub mod codec;
 pub mod demux;
+pub mod dtls;
 pub mod fec;
 pub mod forward;
 pub mod history;

@@ -194,20 +194,18 @@ impl LeakyBucketPacer {
         self.burst = burst;
     }
 
-    /// MERIDIAN PATCH (pacer-burst): `poll_queue` outside a probe. The first
-    /// packet after a `handle_timeout` is the one it chose; after that, the
-    /// snapshot it was given is counted down and the next packet is handed
-    /// out at once if the same rules would send it now (unpaced queues
-    /// first, then paced media while the debt is under one burst interval).
-    /// Time does not move within a run of polls, so these are the decisions
-    /// a `handle_timeout` between the packets would have made.
+    /// MERIDIAN PATCH (pacer-burst): `poll_queue` outside a probe. Media is
+    /// not held (a forwarder's media was paced by its sender, and holding it
+    /// only adds latency); the first packet after a `handle_timeout` is the
+    /// one it chose, after that the snapshot it was given is counted down
+    /// and the next packet handed out at once. During a probe cluster the
+    /// pacer paces everything as before, so probes keep their timing.
     fn poll_burst(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
         let next = if self.needs_timeout_before_next_poll {
             let next = self.next_burst_queue();
             if next.is_none() {
-                // The burst is over. What is left waits for its debt to
-                // clear, and padding needs a fresh decision: both come from
-                // handle_timeout. Otherwise register_send cleared the poll.
+                // The burst is over. Padding needs a fresh decision from
+                // handle_timeout; otherwise register_send cleared the poll.
                 if self.snapshot_has_packets() || self.padding_bitrate > Bitrate::ZERO {
                     self.request_immediate_timeout();
                 }
@@ -232,6 +230,8 @@ impl LeakyBucketPacer {
         Some((next, None))
     }
 
+    /// Outside a probe: unpaced queues first, then any queue with media,
+    /// whatever the debt.
     fn next_burst_queue(&self) -> Option<MidRid> {
         let unpaced = self
             .queue_states
@@ -240,13 +240,6 @@ impl LeakyBucketPacer {
             .min_by_key(|q| q.snapshot.first_unsent);
         if let Some(q) = unpaced {
             return Some(q.midrid);
-        }
-        if self.adjusted_bitrate == Bitrate::ZERO {
-            return None;
-        }
-        let burst_interval = PACING.min(MAX_BURST_SIZE / self.adjusted_bitrate);
-        if self.media_debt / self.adjusted_bitrate >= burst_interval {
-            return None;
         }
         self.queue_states
             .iter()
@@ -358,6 +351,14 @@ impl LeakyBucketPacer {
                 return Some(((now, PacerReason::FirstEver), Some(queue)));
             }
         };
+
+        // MERIDIAN PATCH (pacer-burst): outside a probe, media is not held.
+        if self.burst && self.probe_queue.is_empty() {
+            if let Some(queue) = self.next_burst_queue() {
+                let queue = self.queue_states.iter().find(|q| q.midrid == queue);
+                return Some(((now, PacerReason::Unpaced), queue));
+            }
+        }
 
         let unpaced = self
             .queue_states
