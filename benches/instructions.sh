@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per forwarded packet in the node (issue 5), counted by
-# callgrind: unlike time on this shared machine, the count repeats run to run
-# (±1 %), so a change to the forward path can be judged by one run of each.
+# callgrind: unlike time on this shared machine (2x swings in a day), the
+# count moves only a few percent run to run (how many timer-driven ticks land
+# in the timed loop varies), so a change to the forward path can be judged by
+# one or two runs of each.
 #
 #   benches/instructions.sh            # N = 10 subscribers, BWE on
 #   N=100 benches/instructions.sh
@@ -37,9 +39,9 @@ callgrind_annotate --inclusive=yes --tree=caller "$OUT" 2>/dev/null |
 import re, sys
 n = int(sys.argv[1])
 for line in sys.stdin:
-    m = re.match(r"\s*([\d,]+) \(.*\)\s+<\s.*Fixture::run \((\d+)x\)", line)
+    m = re.match(r"\s*([\d,]+) \(.*\)\s+<\s.*Fixture::run \(([\d,]+)x\)", line)
     if m:
-        ir, calls = int(m.group(1).replace(",", "")), int(m.group(2))
+        ir, calls = (int(g.replace(",", "")) for g in m.groups())
         per = ir / calls
         print(f"N={n}: {calls} packets timed, {per:,.0f} instructions per incoming packet, "
               f"{per / n:,.0f} per forwarded packet")
