@@ -27,6 +27,12 @@ pub const MAX_DATAGRAM: usize = 2048;
 /// Most bytes one GSO send may carry: the IP payload limit, less headers.
 const MAX_GSO_BYTES: usize = 65_000;
 
+/// Sets the socket options quinn-udp needs (nonblocking, GRO, packet info)
+/// and probes GSO; needs no runtime, so a server can fail at start-up.
+pub fn prepare(std_sock: &std::net::UdpSocket) -> io::Result<UdpSocketState> {
+    UdpSocketState::new(UdpSockRef::from(std_sock))
+}
+
 /// A UDP socket with quinn-udp's batched, segmented I/O.
 pub struct MediaSocket {
     socket: UdpSocket,
@@ -49,7 +55,17 @@ impl MediaSocket {
     /// groups per call: a client's socket, where one slot (a GRO group of a
     /// whole frame) is the common case and memory is per client.
     pub fn with_batch(std_sock: std::net::UdpSocket, slots: usize) -> io::Result<Self> {
-        let state = UdpSocketState::new(UdpSockRef::from(&std_sock))?;
+        let state = prepare(&std_sock)?;
+        Self::from_parts(std_sock, state, slots)
+    }
+
+    /// Registers a socket `prepare`d earlier (possibly on another thread)
+    /// with this thread's tokio runtime.
+    pub fn from_parts(
+        std_sock: std::net::UdpSocket,
+        state: UdpSocketState,
+        slots: usize,
+    ) -> io::Result<Self> {
         let socket = UdpSocket::from_std(std_sock)?;
         // With GRO on, one slot may hold a whole coalesced burst.
         let slot = MAX_DATAGRAM * state.gro_segments().max(1);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use super::udp::{GsoBatch, MediaSocket};
+use super::udp::{self, GsoBatch, MediaSocket, RECV_BATCH};
 use crate::core::{
     CommandError, IoStats, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output,
     ParticipantInfo, PeerId, PeerSignal, TrackId, TrackPrefs,
@@ -125,6 +125,11 @@ pub enum SpawnError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot set up UDP {addr} for batched I/O (GSO/GRO socket options): {source}")]
+    Socket {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start the media thread: {0}")]
     Thread(std::io::Error),
 }
@@ -189,6 +194,8 @@ pub fn spawn_node(
     let local = std_sock
         .local_addr()
         .map_err(|source| SpawnError::Bind { addr: udp, source })?;
+    let udp_state =
+        udp::prepare(&std_sock).map_err(|source| SpawnError::Socket { addr: udp, source })?;
     let candidate_addr = SocketAddr::new(public_ip.unwrap_or(local.ip()), local.port());
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (stats_tx, stats_rx) = watch::channel(Arc::new(NodeStats::default()));
@@ -200,13 +207,8 @@ pub fn spawn_node(
                 .build()
                 .expect("a current-thread runtime builds");
             rt.block_on(async move {
-                let socket = match MediaSocket::new(std_sock) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot set up the media socket");
-                        return;
-                    }
-                };
+                let socket = MediaSocket::from_parts(std_sock, udp_state, RECV_BATCH)
+                    .expect("a prepared socket registers with the runtime");
                 let batch = GsoBatch::new(socket.max_segments());
                 info!(gso_segments = socket.max_segments(), "media socket ready");
                 let mut config = NodeConfig::new(candidate_addr);
