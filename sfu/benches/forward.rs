@@ -161,7 +161,7 @@ impl Fixture {
     #[inline]
     fn forward_one(&mut self, c: &Captured, send: bool) {
         let sinks = &self.sinks;
-        self.stray_events += self.sim.forward_captured(c, |t| {
+        self.stray_events += self.sim.forward_captured(std::slice::from_ref(c), |t| {
             if send {
                 let i = match t.destination {
                     SocketAddr::V4(a) => a.ip().octets()[3] as usize,

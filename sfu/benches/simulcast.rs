@@ -343,7 +343,7 @@ impl Fixture {
     /// Timed: one incoming datagram through the node; the output dropped.
     #[inline]
     fn forward_one(&mut self, c: &Captured) {
-        self.stray_events += self.sim.forward_captured(c, |t| {
+        self.stray_events += self.sim.forward_captured(std::slice::from_ref(c), |t| {
             std::hint::black_box(t);
         });
     }

@@ -1224,18 +1224,22 @@ impl SimNet {
         }
     }
 
-    /// For benchmarks: one captured datagram through the node, its output
-    /// drained by hand: each datagram goes to `on_transmit` instead of the
-    /// simulated wire. Returns how many events (signaling) the node produced.
+    /// Captured datagrams through the node as one batch (as the worker
+    /// reads them), then its output drained by hand: each datagram goes to
+    /// `on_transmit` instead of the simulated wire, in the node's order.
+    /// Returns how many events (signaling) the node produced. For benchmarks
+    /// and for tests of what one drain emits.
     #[inline]
     pub fn forward_captured(
         &mut self,
-        c: &Captured,
+        batch: &[Captured],
         mut on_transmit: impl FnMut(&str0m::net::Transmit),
     ) -> u64 {
         let node_addr = self.config.node_addr;
-        self.node
-            .handle_receive(c.at, c.source, node_addr, &c.contents);
+        for c in batch {
+            self.node
+                .handle_receive(c.at, c.source, node_addr, &c.contents);
+        }
         let mut events = 0;
         loop {
             match self.node.poll_output() {

@@ -1109,25 +1109,16 @@ fn a_frame_leaves_back_to_back_towards_each_subscriber() {
         let frame = sim.take_captured(publisher);
         sim.capture_rtp_uplink(publisher, false);
         assert_eq!(frame.len(), PACKETS, "the frame's packets were captured");
-        let node_addr = sim.node_addr();
-        for c in &frame {
-            sim.node_mut()
-                .handle_receive(c.at, c.source, node_addr, &c.contents);
-        }
-        // One drain: every transmit of the frame to the subscribers, in the
-        // order the node emits them (RTCP to the publisher aside).
+        // The frame through the node as one batch, then one drain: every
+        // transmit to the subscribers, in the order the node emits them
+        // (RTCP to the publisher aside).
         let publisher_addr = sim.client(publisher).addr;
         let mut order = Vec::new();
-        loop {
-            match sim.node_mut().poll_output() {
-                meridian_sfu::core::Output::Transmit(t) if t.destination != publisher_addr => {
-                    order.push(t.destination)
-                }
-                meridian_sfu::core::Output::Transmit(_) => {}
-                meridian_sfu::core::Output::Event(_) => {}
-                meridian_sfu::core::Output::Timeout(_) => break,
+        sim.forward_captured(&frame, |t| {
+            if t.destination != publisher_addr {
+                order.push(t.destination);
             }
-        }
+        });
         assert!(
             order.len() >= PACKETS * subs.len(),
             "the whole frame left in one drain: {} datagrams",
