@@ -39,7 +39,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rt
 use meridian_netsim::{Link, LinkConfig};
 use str0m::rtp::RtpPacket;
 
-use crate::core::fec::{video_fec_pts, FecReceiver};
+use crate::core::fec::{video_fec_pts, FecReceiver, VideoFec};
 
 use crate::core::{
     JoinKind, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output, PeerId,
@@ -150,6 +150,8 @@ struct Outgoing {
     codec: Codec,
     pt: Option<Pt>,
     next_seq: u64,
+    /// Its ULPFEC encoder while the client sends video FEC.
+    fec: Option<VideoFec>,
 }
 
 /// One client peer: a str0m `Rtc` in RTP mode (full ICE, not lite).
@@ -210,6 +212,13 @@ pub struct SimClient {
     pub audio_level: Option<(u8, bool)>,
     /// Its last audio packets (timestamp, payload), for RED.
     sent_audio: VecDeque<(u32, Vec<u8>)>,
+    /// Video it publishes goes in RED, each frame followed by ULPFEC
+    /// packets at the node's protection rate for this loss (as Chrome sends
+    /// VP8 when ULPFEC is negotiated, at the loss its transport feedback
+    /// shows); `None`: plain, no FEC (Chrome's default without ULPFEC).
+    pub video_fec_loss: Option<f32>,
+    /// ULPFEC packets it sent.
+    pub fec_sent: u64,
     /// Video packets its ULPFEC decoder recovered.
     pub fec_recovered: u64,
     /// NACK messages received on its send streams (str0m's egress stats).
@@ -687,6 +696,7 @@ impl SimNet {
                         codec,
                         pt: None,
                         next_seq,
+                        fec: None,
                     });
                 }
             }
@@ -739,6 +749,8 @@ impl SimNet {
             red_blocks: 0,
             audio_level: None,
             sent_audio: VecDeque::new(),
+            video_fec_loss: None,
+            fec_sent: 0,
             fec_recovered: 0,
             nacks: Default::default(),
         });
@@ -872,6 +884,23 @@ impl SimNet {
                 c.sent_audio.pop_front();
             }
         }
+        // Video with FEC: RED-wrapped, its FEC due after the frame.
+        let fec_loss = c.video_fec_loss.filter(|_| kind == MediaKind::Video);
+        if let Some(loss) = fec_loss {
+            if out.fec.is_none() {
+                out.fec = VideoFec::for_mline(&c.rtc, mid);
+                if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(mid, rid) {
+                    tx.set_tap(true);
+                }
+            }
+            if let Some(f) = out.fec.as_mut() {
+                f.active = true;
+                body.insert(0, *wire_pt);
+                wire_pt = f.red_pt;
+                let n = f.on_media(marker, loss);
+                f.add_job(seq, n, timestamp);
+            }
+        }
         let mut ext = ExtensionValues::default();
         if let (MediaKind::Audio, Some((level, voice))) = (kind, c.audio_level) {
             ext.audio_level = Some(-(level.min(127) as i8));
@@ -892,7 +921,48 @@ impl SimNet {
             c.errors.push(e.to_string());
         }
         self.drain_client(id);
+        if fec_loss.is_some() {
+            self.send_publisher_fec(id, mid, rid);
+        }
         seq
+    }
+
+    /// The client's ULPFEC packets for what it just sent (the frame's, once
+    /// its last packet went out), on the next sequence numbers.
+    fn send_publisher_fec(&mut self, id: ClientId, mid: Mid, rid: Option<Rid>) {
+        let now = self.now;
+        let c = &mut self.clients[id.0];
+        let Some(out) = c.outgoing.iter_mut().find(|o| o.mid == mid && o.rid == rid) else {
+            return;
+        };
+        let Some(f) = out.fec.as_mut() else {
+            return;
+        };
+        let mut api = c.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, rid) else {
+            return;
+        };
+        let mut fec = Vec::new();
+        while let Some(bytes) = tx.poll_tap() {
+            f.on_tapped(bytes, &mut fec);
+        }
+        if fec.is_empty() {
+            return;
+        }
+        for p in fec {
+            let seq = out.next_seq;
+            out.next_seq += 1;
+            c.fec_sent += 1;
+            // Not kept for NACKs: libwebrtc does not retransmit FEC either.
+            tx.write_rtp(
+                RtpWrite::new(f.red_pt, SeqNo::from(seq), p.ts, now, p.payload.to_vec())
+                    .nackable(false),
+            );
+        }
+        if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
+            c.errors.push(e.to_string());
+        }
+        self.drain_client(id);
     }
 
     /// The subscriber's str0m sends a PLI for the stream it receives on `mid`.

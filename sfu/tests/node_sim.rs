@@ -942,6 +942,87 @@ fn ulpfec_rebuilds_lost_video_packets() {
     );
 }
 
+/// A publisher that sends ULPFEC in RED (as Chrome does for VP8 when it is
+/// negotiated) over an uplink losing 10 %, retransmitting nothing: the node
+/// rebuilds lost packets from the FEC, byte for byte, forwards them in
+/// their place, and neither NACKs them nor leaves the FEC packets' numbers
+/// as gaps for the subscribers.
+#[test]
+fn ulpfec_from_the_publisher_recovers_uplink_loss() {
+    let run = |fec: bool| {
+        let mut sim = sim(16);
+        let (publisher, subs) = room(&mut sim, 2, false);
+        sim.client_mut(publisher).retransmits = false;
+        sim.client_mut(publisher).video_fec_loss = fec.then_some(0.10);
+        sim.set_uplink_loss(publisher, 0.10);
+        let mut cam = Camera::new(publisher, 1, 0, 0);
+        drive(
+            &mut sim,
+            Some(&mut cam),
+            None,
+            Duration::from_secs(10),
+            |_, _| {},
+        );
+        sim.run_for(Duration::from_millis(500));
+        (sim, publisher, subs, cam)
+    };
+    let ratio_of = |sim: &SimNet, sub: ClientId, cam: &Camera| {
+        let sent: HashSet<Vec<u8>> = cam.sent.iter().map(|s| s.payload.clone()).collect();
+        let video = of_kind(sim, sub, MediaKind::Video);
+        let got: HashSet<Vec<u8>> = video.iter().map(|p| p.payload.to_vec()).collect();
+        assert!(got.is_subset(&sent), "rebuilt packets are exact");
+        assert_eq!(got.len(), video.len(), "no duplicates");
+        sent.intersection(&got).count() as f64 / sent.len() as f64
+    };
+    let (plain, _, plain_subs, plain_cam) = run(false);
+    let without = ratio_of(&plain, plain_subs[0], &plain_cam);
+    let (sim, publisher, subs, cam) = run(true);
+    let stats = sim.stats();
+    eprintln!(
+        "without FEC {:.2} %, publisher sent {} FEC, node rebuilt {}, {:?}",
+        without * 100.0,
+        sim.client(publisher).fec_sent,
+        stats.upstream_fec_recovered,
+        stats.drops
+    );
+    assert!(stats.upstream_fec_recovered > 0, "{stats:?}");
+    for s in &subs {
+        let ratio = ratio_of(&sim, *s, &cam);
+        assert!(
+            ratio >= 0.97 && ratio > without + 0.05,
+            "subscriber {s:?}: {:.2} % with the publisher's FEC, {:.2} % without",
+            ratio * 100.0,
+            without * 100.0
+        );
+        // In their place: by sequence number, the packets are in the order
+        // the publisher sent them, and the FEC packets that reached the node
+        // left no gaps (those lost on the uplink do: the node cannot tell
+        // them from lost media, as a receiver of FEC cannot).
+        let mut video = of_kind(&sim, *s, MediaKind::Video);
+        video.sort_by_key(|p| p.seq);
+        let order: Vec<usize> = video
+            .iter()
+            .map(|p| {
+                cam.sent
+                    .iter()
+                    .position(|c| c.payload[..] == p.payload[..])
+                    .unwrap()
+            })
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "in sending order");
+        let span = video.last().unwrap().seq - video[0].seq + 1;
+        let missing = cam.sent.len() - video.len();
+        let fec_lost = sim.client(publisher).fec_sent - stats.drops.get(DropReason::UpstreamFec);
+        assert_eq!(
+            span as usize,
+            video.len() + missing + fec_lost as usize,
+            "{span} numbers for {} packets, {missing} missing, {fec_lost} FEC lost",
+            video.len()
+        );
+        assert_eq!(sim.client(*s).seq_conflicts, 0);
+    }
+}
+
 /// 10 % loss on the publisher's uplink, three subscribers: the node NACKs
 /// the publisher itself, once per gap whoever else is missing the packet;
 /// subscribers' NACKs for packets the node lacks are not passed on (holes),

@@ -279,6 +279,12 @@ async fn metrics(State(state): State<Shared>) -> Response {
         s.red_recovered,
     );
     gauge(
+        "meridian_upstream_fec_recovered_total",
+        "Video packets rebuilt from publishers' ULPFEC.",
+        "counter",
+        s.upstream_fec_recovered,
+    );
+    gauge(
         "meridian_keyframe_requests_total",
         "Keyframe requests sent to publishers (after merging).",
         "counter",

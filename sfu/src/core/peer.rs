@@ -9,7 +9,7 @@ use str0m::format::PayloadParams;
 use str0m::media::{MediaKind, Mid, Pt};
 use str0m::Rtc;
 
-use super::fec::VideoFec;
+use super::fec::{FecReceiver, VideoFec};
 use super::forward::Forwarder;
 use super::history::Sequencer;
 use super::ids::{PeerId, RoomId, TrackId};
@@ -35,6 +35,72 @@ pub(crate) struct Published {
     pub track: TrackId,
     /// Last payload type seen and its parameters: saves a codec lookup per packet.
     pub params: Option<(Pt, PayloadParams)>,
+    /// The same for the payload type inside video RED.
+    pub inner_params: Option<(Pt, PayloadParams)>,
+    /// ULPFEC decoders of the publisher's video, one per SSRC (simulcast
+    /// layer), made on its first RED packet.
+    pub fec_rx: Vec<(u32, FecReceiver)>,
+}
+
+/// Most ULPFEC decoders one published m-line keeps (one per simulcast layer).
+const MAX_FEC_RECEIVERS: usize = 4;
+
+impl Published {
+    pub fn new(mid: Mid, track: TrackId) -> Self {
+        Published {
+            mid,
+            track,
+            params: None,
+            inner_params: None,
+            fec_rx: Vec::new(),
+        }
+    }
+
+    /// The format of payload type `pt` (an audio RED type stands for its
+    /// primary), cached.
+    pub fn params_of(&mut self, pt: Pt, rtc: &Rtc) -> Option<PayloadParams> {
+        cached_params(&mut self.params, pt, rtc)
+    }
+
+    /// [`Published::params_of`] for the payload type inside video RED.
+    pub fn inner_params_of(&mut self, pt: Pt, rtc: &Rtc) -> Option<PayloadParams> {
+        cached_params(&mut self.inner_params, pt, rtc)
+    }
+
+    /// The ULPFEC decoder of the video on `ssrc`, if the m-line negotiated
+    /// ULPFEC.
+    pub fn fec_receiver(&mut self, rtc: &Rtc, ssrc: u32) -> Option<&mut FecReceiver> {
+        let i = match self.fec_rx.iter().position(|(s, _)| *s == ssrc) {
+            Some(i) => i,
+            None => {
+                let rx = FecReceiver::for_mline(rtc, self.mid, ssrc)?;
+                if self.fec_rx.len() >= MAX_FEC_RECEIVERS {
+                    self.fec_rx.remove(0);
+                }
+                self.fec_rx.push((ssrc, rx));
+                self.fec_rx.len() - 1
+            }
+        };
+        self.fec_rx.get_mut(i).map(|(_, rx)| rx)
+    }
+}
+
+fn cached_params(
+    cache: &mut Option<(Pt, PayloadParams)>,
+    pt: Pt,
+    rtc: &Rtc,
+) -> Option<PayloadParams> {
+    match *cache {
+        Some((p, params)) if p == pt => Some(params),
+        _ => {
+            let params = rtc
+                .codec_config()
+                .find(|p| p.pt() == pt || p.red() == Some(pt))
+                .copied()?;
+            *cache = Some((pt, params));
+            Some(params)
+        }
+    }
 }
 
 /// The payload types one subscriber gets a track's codec on.

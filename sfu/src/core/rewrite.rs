@@ -68,6 +68,10 @@ struct Anchor {
 /// Reservations remembered per source (a frame each: ~2 s of video).
 const MAX_RESERVATIONS: usize = 64;
 
+/// How far ahead of the highest packet a skipped number may be (a gap of
+/// lost packets before a publisher's FEC packet).
+const MAX_SKIP_AHEAD: u64 = 512;
+
 /// Maps one or more upstream sources onto one continuous outgoing stream.
 #[derive(Debug)]
 pub struct StreamRewriter {
@@ -122,13 +126,15 @@ impl StreamRewriter {
     }
 
     /// Takes the incoming `seq` out of the mapping: packets after it move
-    /// one number down, so no gap appears. Only for the next packet in
-    /// order of the current source; anything else is left as a gap.
+    /// one number down, so no gap appears. Only for a packet ahead of the
+    /// current source's highest: packets between (lost so far) keep their
+    /// numbers if they come later. Behind it, later packets already went
+    /// out, so it is left as a gap.
     pub fn skip(&mut self, source: SourceKey, seq: u64) {
         let Some(a) = self.anchor.as_mut() else {
             return;
         };
-        if a.source != source || seq != a.max_in_seq + 1 {
+        if a.source != source || seq <= a.max_in_seq || seq - a.max_in_seq > MAX_SKIP_AHEAD {
             return;
         }
         a.max_in_seq = seq;
@@ -279,10 +285,17 @@ mod tests {
         // 13 is the publisher's FEC: not forwarded, and 14 follows 12.
         r.skip(src(1), 13);
         assert_eq!(s(&mut r, 14).unwrap().seq, 103);
-        // The late 11 keeps its place; a skip out of order changes nothing.
+        // The late 11 keeps its place; a skip behind the highest changes
+        // nothing.
         assert_eq!(s(&mut r, 11).unwrap().seq, 101);
-        r.skip(src(1), 20);
+        r.skip(src(1), 12);
         assert_eq!(s(&mut r, 15).unwrap().seq, 104);
+        // 16 and 17 are lost, 18 is FEC: 19 follows as if 18 never was,
+        // and 16 and 17, recovered later, keep their places.
+        r.skip(src(1), 18);
+        assert_eq!(s(&mut r, 19).unwrap().seq, 107);
+        assert_eq!(s(&mut r, 17).unwrap().seq, 106);
+        assert_eq!(s(&mut r, 16).unwrap().seq, 105);
     }
 
     #[test]

@@ -863,7 +863,10 @@ impl Session {
         let mut packet = stream.handle_rtp(now, header, payload, seq_no, receipt.time, rx_bytes);
 
         // MERIDIAN PATCH (rx-header-bytes)
-        if self.rtp_mode && self.keep_rtp_header_bytes && !is_repair && header_len <= buf.len() {
+        // Only video in RED needs it (a ULPFEC receiver rebuilds packets as sent);
+        // other packets pay no copy.
+        let keep = self.keep_rtp_header_bytes && params.is_video_fec();
+        if self.rtp_mode && keep && !is_repair && header_len <= buf.len() {
             packet.header_bytes = Some(Arc::from(&buf[..header_len]));
         }
 

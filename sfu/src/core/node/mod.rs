@@ -11,6 +11,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::ChannelData;
 use str0m::config::DtlsCert;
+use str0m::format::PayloadParams;
 use str0m::media::{
     Direction, KeyframeRequest, KeyframeRequestKind, MediaAdded, MediaKind, Mid, Pt, ResendRequest,
     Rid,
@@ -22,7 +23,7 @@ use tracing::{debug, trace, warn};
 
 use super::codec::{is_keyframe, CodecKind};
 use super::demux::{Demux, DemuxMiss};
-use super::fec::{FecPacket, VideoFec};
+use super::fec::{FecPacket, Unwrapped, VideoFec};
 use super::forward::{Decision, Forwarder, FwdPacket};
 use super::history::{
     HistPacket, ResendOutcome, ResendPolicy, SentPacket, Sequencer, SEQUENCER_PACKETS,
@@ -258,6 +259,9 @@ pub struct NodeStats {
     pub keyframe_requests_upstream: u64,
     /// Audio packets recovered from publishers' RED.
     pub red_recovered: u64,
+    /// Video packets rebuilt from publishers' ULPFEC (before str0m's NACK
+    /// for them was answered).
+    pub upstream_fec_recovered: u64,
     /// ULPFEC packets sent to subscribers, and their payload bytes.
     pub fec_packets: u64,
     pub fec_bytes: u64,
@@ -345,6 +349,8 @@ pub struct Node {
     /// Scratch for VP8 payloads with rewritten picture ids.
     vp8_buf: Vec<u8>,
     fec_scratch: Vec<FecPacket>,
+    /// Packets out of one publisher's video RED packet (reused).
+    unwrapped: Vec<Unwrapped>,
 }
 
 /// A RED payload built for one packet: (level, primary payload type, payload).
@@ -395,6 +401,31 @@ fn rtc_config(bwe: bool) -> RtcConfig {
         // as before.
         .set_pacer_burst(true)
         .set_twcc_send_records(TWCC_SEND_RECORDS)
+        // A publisher's ULPFEC rebuilds packets as they were sent: its
+        // decoder needs the received headers (only video RED packets get them).
+        .keep_rtp_header_bytes(true)
+}
+
+/// One media packet on its way from a publisher to the forwarders: as
+/// received, or unwrapped from video RED, or rebuilt by ULPFEC.
+#[derive(Debug, Clone)]
+struct Ingress {
+    ssrc: str0m::rtp::Ssrc,
+    mid: Mid,
+    rid: Option<Rid>,
+    /// Extended sequence number and RTP timestamp.
+    seq: u64,
+    ts: u64,
+    /// The payload's type (for audio, possibly its RED type).
+    pt: Pt,
+    /// The format: `pt`'s, or for audio RED its primary's.
+    params: PayloadParams,
+    marker: bool,
+    payload: Arc<[u8]>,
+    /// Payload bytes on the wire (the layer's bitrate).
+    wire_len: usize,
+    ext: ExtensionValues,
+    arrival: Instant,
 }
 
 fn sdp_error(e: impl std::fmt::Display) -> CommandError {
@@ -445,6 +476,7 @@ impl Node {
             red_buf: Vec::new(),
             vp8_buf: Vec::new(),
             fec_scratch: Vec::new(),
+            unwrapped: Vec::new(),
         }
     }
 
@@ -1305,11 +1337,7 @@ impl Node {
                 );
                 tid
             };
-            peer.published.push(Published {
-                mid: m.mid,
-                track: track_id,
-                params: None,
-            });
+            peer.published.push(Published::new(m.mid, track_id));
             let t = &room.tracks[&track_id];
             let info = track_info(t);
             let room_id = room.id.clone();
@@ -1457,7 +1485,10 @@ impl Node {
 
     // ---------------------------------------------------------------- media
 
-    /// Fans one incoming RTP packet out to the subscribers of its track.
+    /// One incoming RTP packet: video in RED (a publisher that negotiated
+    /// ULPFEC wraps every packet) is unwrapped and fed to the track's ULPFEC
+    /// decoder, and what it rebuilds is forwarded too; everything else goes
+    /// straight to [`Node::forward_media`].
     fn forward(&mut self, from: PeerId, pkt: RtpPacket) {
         self.stats.rtp_in += 1;
         let Some(publisher) = self.peers.get_mut(&from) else {
@@ -1480,51 +1511,141 @@ impl Node {
         };
         // The format of the packet's payload type (cached: one lookup per
         // change of payload type); an audio RED type stands for its primary.
-        let mut params = match published.params {
-            Some((p, params)) if p == wire_pt => params,
+        let Some(params) = published.params_of(wire_pt, &publisher.rtc) else {
+            self.stats.drops.add(DropReason::NoPayloadType);
+            return;
+        };
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            video_orientation: pkt.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        let mut ingress = Ingress {
+            ssrc,
+            mid,
+            rid,
+            seq: *pkt.seq_no,
+            ts: pkt.time.numer(),
+            pt: wire_pt,
+            params,
+            marker: pkt.header.marker,
+            payload: pkt.payload.clone(),
+            wire_len: pkt.payload.len(),
+            ext,
+            arrival: pkt.timestamp,
+        };
+        if !params.is_video_fec() {
+            self.forward_media(from, ingress);
+            return;
+        }
+        let inner = match pkt.payload.first() {
+            Some(b) if b & 0x80 == 0 => Pt::new_with_value(*b),
             _ => {
-                let Some(params) = publisher
-                    .rtc
-                    .codec_config()
-                    .find(|p| p.pt() == wire_pt || p.red() == Some(wire_pt))
-                    .copied()
-                else {
-                    self.stats.drops.add(DropReason::NoPayloadType);
-                    return;
-                };
-                published.params = Some((wire_pt, params));
-                params
+                self.stats.drops.add(DropReason::BadRed);
+                return;
             }
         };
-        let mut pt = wire_pt;
-        let mut media_payload = pkt.payload.clone();
-        // Video in RED (a publisher that negotiated ULPFEC wraps every packet):
-        // forward what is inside. Its ULPFEC packets are not used yet.
-        if params.is_video_fec() {
-            let inner = match pkt.payload.first() {
-                Some(b) if b & 0x80 == 0 => Pt::new_with_value(*b),
-                _ => {
-                    self.stats.drops.add(DropReason::BadRed);
-                    return;
-                }
+        let Some(inner_params) = published.inner_params_of(inner, &publisher.rtc) else {
+            self.stats.drops.add(DropReason::NoPayloadType);
+            return;
+        };
+        // The primary (unless it is a ULPFEC packet) and any packets the
+        // publisher's ULPFEC rebuilt.
+        let mut units = std::mem::take(&mut self.unwrapped);
+        units.clear();
+        match published.fec_receiver(&publisher.rtc, *ssrc) {
+            Some(rx) => rx.on_red(
+                pkt.header_bytes.as_deref(),
+                ingress.seq,
+                pkt.header.timestamp,
+                pkt.header.marker,
+                &pkt.payload,
+                &mut units,
+            ),
+            // RED without ULPFEC: only the primary.
+            None if !inner_params.is_video_fec() => units.push(Unwrapped {
+                seq: ingress.seq,
+                ts: pkt.header.timestamp,
+                pt: *inner,
+                marker: pkt.header.marker,
+                payload: Arc::from(&pkt.payload[1..]),
+                recovered: false,
+            }),
+            None => {}
+        }
+        if inner_params.is_video_fec() {
+            self.skip_upstream_fec(from, mid, *ssrc, ingress.seq);
+        }
+        for u in units.drain(..) {
+            let Some(publisher) = self.peers.get_mut(&from) else {
+                break;
             };
-            let Some(inner_params) = publisher
-                .rtc
-                .codec_config()
-                .find(|p| p.pt() == inner)
-                .copied()
+            let Some(published) = publisher.published.iter_mut().find(|p| p.mid == mid) else {
+                break;
+            };
+            let Some(params) = published.inner_params_of(Pt::new_with_value(u.pt), &publisher.rtc)
             else {
                 self.stats.drops.add(DropReason::NoPayloadType);
-                return;
+                continue;
             };
-            if inner_params.is_video_fec() {
-                self.skip_upstream_fec(from, mid, *ssrc, *pkt.seq_no);
-                return;
+            if u.recovered {
+                // str0m must neither NACK it nor take a retransmission of it
+                // as new; if it was not missing, the rebuilt copy is a duplicate.
+                let missing = publisher
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .is_some_and(|rx| rx.mark_recovered(u.seq.into()));
+                if !missing {
+                    continue;
+                }
+                self.stats.upstream_fec_recovered += 1;
             }
-            pt = inner;
-            params = inner_params;
-            media_payload = Arc::from(&pkt.payload[1..]);
+            // The 32-bit timestamp, extended next to the carrier's.
+            let delta = i64::from(u.ts.wrapping_sub(pkt.header.timestamp) as i32);
+            let Some(ts) = pkt.time.numer().checked_add_signed(delta) else {
+                continue;
+            };
+            ingress.seq = u.seq;
+            ingress.ts = ts;
+            ingress.pt = params.pt();
+            ingress.params = params;
+            ingress.marker = u.marker;
+            ingress.payload = u.payload;
+            if u.recovered {
+                // Its header extensions were the sender's; ours are the carrier's.
+                ingress.ext = ExtensionValues::default();
+                ingress.wire_len = ingress.payload.len();
+            }
+            self.forward_media(from, ingress.clone());
         }
+        self.unwrapped = units;
+    }
+
+    /// Fans one media packet (a codec's payload, or audio in RED) out to
+    /// the subscribers of its track.
+    fn forward_media(&mut self, from: PeerId, pkt: Ingress) {
+        let Some(publisher) = self.peers.get_mut(&from) else {
+            return;
+        };
+        let Ingress {
+            ssrc,
+            mid,
+            rid,
+            seq,
+            ts,
+            pt,
+            params,
+            marker,
+            payload: media_payload,
+            wire_len,
+            ext,
+            arrival,
+        } = pkt;
+        let Some(published) = publisher.published.iter_mut().find(|p| p.mid == mid) else {
+            return;
+        };
         let is_red = params.pt() != pt;
         let track_id = published.track;
         let Some(room) = self.rooms.get_mut(&publisher.room) else {
@@ -1553,19 +1674,11 @@ impl Node {
         };
         track
             .layers
-            .on_packet(layer, self.now, *ssrc, pkt.payload.len(), size);
+            .on_packet(layer, self.now, *ssrc, wire_len, size);
         let source = SourceKey {
             track_epoch: track.source_epoch,
             ssrc: *ssrc,
         };
-        let ext = ExtensionValues {
-            audio_level: pkt.header.ext_vals.audio_level,
-            voice_activity: pkt.header.ext_vals.voice_activity,
-            video_orientation: pkt.header.ext_vals.video_orientation,
-            ..Default::default()
-        };
-        let seq = *pkt.seq_no;
-        let ts = pkt.time.numer();
         if let (false, Some(level)) = (video, ext.audio_level) {
             // RFC 6464 carries -dBov as a negative number in str0m.
             let level = level.unsigned_abs().min(127);
@@ -1580,7 +1693,7 @@ impl Node {
             units[0] = Some(Unit {
                 seq,
                 ts,
-                marker: pkt.header.marker,
+                marker,
                 payload: media_payload.clone(),
             });
         } else {
@@ -1599,7 +1712,7 @@ impl Node {
                         seq: u.seq,
                         ts: u.ts,
                         // The marker belongs to the primary.
-                        marker: u.seq == seq && pkt.header.marker,
+                        marker: u.seq == seq && marker,
                         payload: u.payload,
                     });
                 }
@@ -1608,7 +1721,7 @@ impl Node {
                 units[0] = Some(Unit {
                     seq,
                     ts,
-                    marker: pkt.header.marker,
+                    marker,
                     payload: media_payload.clone(),
                 });
             }
@@ -1629,7 +1742,7 @@ impl Node {
                 source,
                 seq: unit.seq,
                 ts: unit.ts,
-                arrival: pkt.timestamp,
+                arrival,
                 pt,
                 codec,
                 clock_rate: params.spec().clock_rate.get(),

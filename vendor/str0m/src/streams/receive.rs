@@ -257,6 +257,24 @@ impl StreamRx {
         self.suppress_nack = suppress;
     }
 
+    /// MERIDIAN PATCH (fec-recovered): the application rebuilt packet `seq`
+    /// (extended) from FEC. Like a RED-recovered packet it is not counted as
+    /// received (reception reports keep the wire loss), but it is no longer
+    /// NACKed, and a later copy of it (a retransmission) is dropped as a
+    /// duplicate. Returns false if the packet was not missing (already
+    /// received or recovered, or too old to tell): the rebuilt copy is then
+    /// a duplicate.
+    pub fn mark_recovered(&mut self, seq: SeqNo) -> bool {
+        let Some(register) = &mut self.register else {
+            return false;
+        };
+        if !register.accepts(seq) {
+            return false;
+        }
+        register.mark_recovered(seq);
+        true
+    }
+
     fn is_audio(&self) -> bool {
         self.rtx.is_none() // this is maybe not correct, but it's all we got.
     }
