@@ -317,6 +317,19 @@ fn main() {
         for rtt in [Duration::from_millis(50), Duration::from_millis(150)] {
             for (name, profile, loss) in &profiles {
                 for mode in [Mode::None, Mode::Nack, Mode::NackFec] {
+                    let label = format!(
+                        "{}/{}/{name}/{}",
+                        if dir == Dir::Down { "down" } else { "up" },
+                        rtt.as_millis(),
+                        mode.name()
+                    );
+                    // LOSS_BENCH_ONLY=down/150/10%: only rows whose label
+                    // (link/RTT/loss/recovery) starts so.
+                    if let Ok(only) = std::env::var("LOSS_BENCH_ONLY") {
+                        if !label.starts_with(&only) {
+                            continue;
+                        }
+                    }
                     let r = run(dir, rtt, (profile, *loss), mode, secs, 7);
                     println!(
                         "| {} | {} ms | {} | {} | {:.2} % | {:.2} % | {:.2} % | {:.2} % | {} ms | {} ms | {} |",

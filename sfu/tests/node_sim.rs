@@ -719,6 +719,32 @@ fn nack_recovers_downlink_loss() {
         "the node answered the NACKs: {nack:?}"
     );
     assert!(nack.requested >= nack.resent);
+    // 10 % is past `ResendPolicy::duplicate_from_loss`: resends went twice,
+    // and the receiver got each packet once.
+    assert!(nack.duplicated > 0, "{nack:?}");
+}
+
+/// On a link losing little, each resend goes once.
+#[test]
+fn resends_go_once_on_a_mildly_lossy_link() {
+    let mut sim = SimNet::new(SimConfig {
+        seed: 17,
+        video_fec: false,
+        ..SimConfig::default()
+    });
+    let (publisher, subs) = room(&mut sim, 1, false);
+    let mut cam = Camera::new(publisher, 1, 0, 0);
+    sim.set_downlink_loss(subs[0], 0.02);
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_secs(8),
+        |_, _| {},
+    );
+    let nack = sim.stats().nack;
+    assert!(nack.resent > 10, "{nack:?}");
+    assert_eq!(nack.duplicated, 0, "{nack:?}");
 }
 
 /// The client offers while the node's offer is outstanding: the node (the

@@ -46,6 +46,13 @@ pub struct ResendPolicy {
     /// a clean period without letting a long clean period bank unlimited
     /// retransmissions.
     pub budget_max: u32,
+    /// While the subscriber's link loses at least this share of packets,
+    /// each resend goes out twice: losing the one copy would cost another
+    /// NACK round (the receiver's retry interval plus an RTT, often more
+    /// than its jitter buffer allows), and the link drops copies
+    /// independently. Both copies count against the budget, and the second
+    /// is only sent while the budget has plenty to spare.
+    pub duplicate_from_loss: f32,
 }
 
 impl ResendPolicy {
@@ -54,6 +61,7 @@ impl ResendPolicy {
         max_resends: 4,
         budget_share: 0.5,
         budget_max: 256 * 1024,
+        duplicate_from_loss: 0.05,
     };
 }
 
@@ -385,6 +393,13 @@ impl Sequencer {
     pub fn charge(&mut self, len: usize) {
         self.budget -= len as f32;
     }
+
+    /// Whether a second copy of a `len`-byte resend fits with budget to
+    /// spare (a quarter of what may be saved up): duplicates must not take
+    /// the budget that first copies of later losses need.
+    pub fn can_duplicate(&self, len: usize, policy: &ResendPolicy) -> bool {
+        self.budget >= len as f32 + policy.budget_max as f32 / 4.0
+    }
 }
 
 #[cfg(test)]
@@ -487,6 +502,7 @@ mod tests {
             max_resends: 2,
             budget_share: 0.5,
             budget_max: 1000,
+            ..ResendPolicy::DEFAULT
         };
         let rtt = Duration::from_millis(100);
         let mut s = Sequencer::new(16, t0);

@@ -25,8 +25,11 @@ use super::rewrite::SourceKey;
 pub const MAX_LEVEL: u8 = 3;
 
 /// Loss (from receiver reports) at which each redundancy level starts:
-/// level n is used from `UP[n-1]` and left below half of it.
-const UP: [f32; MAX_LEVEL as usize] = [0.02, 0.08, 0.15];
+/// level n is used from `UP[n-1]` and left below half of it. With n copies
+/// a packet is lost at about loss^(n+1): at 10 % loss, two copies leave
+/// 0.1 % and three 0.01 %. Audio is a small part of a call's bytes (50
+/// packets of ≈ 100 bytes a second), so level 3 comes early.
+const UP: [f32; MAX_LEVEL as usize] = [0.02, 0.05, 0.08];
 
 /// Redundancy towards one subscriber, following its reported loss.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -272,9 +275,9 @@ mod tests {
         assert_eq!(l.0, 1);
         l.update(0.2);
         assert_eq!(l.0, 3);
-        l.update(0.1);
-        assert_eq!(l.0, 3, "above half of the level-3 threshold");
         l.update(0.05);
+        assert_eq!(l.0, 3, "above half of the level-3 threshold");
+        l.update(0.03);
         assert_eq!(l.0, 2);
         l.update(0.0);
         assert_eq!(l.0, 0);

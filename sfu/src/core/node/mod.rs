@@ -289,8 +289,10 @@ pub struct NackStats {
     pub requested: u64,
     /// Answered with a retransmission.
     pub resent: u64,
-    /// Payload bytes of those retransmissions.
+    /// Payload bytes of those retransmissions (both copies of a duplicate).
     pub resent_bytes: u64,
+    /// Retransmissions sent twice (a lossy link, `ResendPolicy::duplicate_from_loss`).
+    pub duplicated: u64,
     /// Never sent or already forgotten.
     pub unknown: u64,
     /// Lost before it reached the SFU and not (yet) recovered from the
@@ -2012,6 +2014,11 @@ impl Node {
         };
         let rtt = peer.rtt;
         let loss = &mut peer.loss;
+        let copies = if loss.estimate(now) >= policy.duplicate_from_loss {
+            2
+        } else {
+            1
+        };
         let Some(out) = peer.outs.iter_mut().find(|o| o.mid == req.mid) else {
             return;
         };
@@ -2082,18 +2089,26 @@ impl Node {
                 Ok(true) => Arc::from(&self.vp8_buf[..]),
                 _ => p.payload.clone(),
             };
-            seq.charge(p.payload.len());
-            tx.write_resend(
-                RtpWrite::new(out_pt, out_seq, out_ts, now, payload)
-                    .marker(p.marker)
-                    .ext_vals(ExtensionValues {
-                        video_orientation: p.orientation,
-                        ..Default::default()
-                    })
-                    .nackable(true),
-            );
+            for copy in 0..copies {
+                if copy > 0 && !seq.can_duplicate(p.payload.len(), &policy) {
+                    break;
+                }
+                seq.charge(p.payload.len());
+                tx.write_resend(
+                    RtpWrite::new(out_pt, out_seq, out_ts, now, payload.clone())
+                        .marker(p.marker)
+                        .ext_vals(ExtensionValues {
+                            video_orientation: p.orientation,
+                            ..Default::default()
+                        })
+                        .nackable(true),
+                );
+                nack.resent_bytes += p.payload.len() as u64;
+                if copy > 0 {
+                    nack.duplicated += 1;
+                }
+            }
             nack.resent += 1;
-            nack.resent_bytes += p.payload.len() as u64;
             resent = true;
         }
         if resent {
