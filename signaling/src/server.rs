@@ -279,6 +279,12 @@ async fn metrics(State(state): State<Shared>) -> Response {
         s.red_recovered,
     );
     gauge(
+        "meridian_resends_duplicated_total",
+        "Retransmissions sent twice to a subscriber on a lossy link.",
+        "counter",
+        s.nack.duplicated,
+    );
+    gauge(
         "meridian_upstream_fec_recovered_total",
         "Video packets rebuilt from publishers' ULPFEC.",
         "counter",
@@ -319,12 +325,6 @@ async fn metrics(State(state): State<Shared>) -> Response {
             r.as_str()
         );
     }
-    gauge(
-        "meridian_resends_duplicated_total",
-        "Retransmissions sent twice to a subscriber on a lossy link.",
-        "counter",
-        s.nack.duplicated,
-    );
     let _ = writeln!(
         out,
         "# HELP meridian_nack_total Sequence numbers subscribers NACKed, by outcome.\n# TYPE meridian_nack_total counter"
