@@ -181,7 +181,9 @@ fn run(
         // transport feedback shows loss. The sim publisher does not
         // estimate; it is given the link's average loss (a publisher whose
         // estimate is right), with the node's own threshold.
-        sim.client_mut(publisher).video_fec_loss = (loss >= FEC_FROM_LOSS).then_some(loss);
+        if dir == Dir::Up {
+            sim.client_mut(publisher).video_fec_loss = (loss >= FEC_FROM_LOSS).then_some(loss);
+        }
     }
     let link = LinkConfig {
         delay: rtt / 2,
@@ -266,7 +268,13 @@ fn run(
     let audios = (src.sent.len() as f64 - videos).max(1.0);
     let stats = sim.stats();
     if std::env::var_os("LOSS_BENCH_VERBOSE").is_some() {
-        eprintln!("{:?}", stats.nack);
+        eprintln!(
+            "{:?} fec {} pkts {} B, fwd {} B",
+            stats.nack,
+            stats.fec_packets - before.fec_packets,
+            stats.fec_bytes - before.fec_bytes,
+            stats.bytes_forwarded - before.bytes_forwarded
+        );
     }
     let media_bytes = stats.bytes_forwarded - before.bytes_forwarded;
     let recovery_bytes =

@@ -219,6 +219,9 @@ pub struct SimClient {
     pub video_fec_loss: Option<f32>,
     /// ULPFEC packets it sent.
     pub fec_sent: u64,
+    /// Round-trip time to the node, from its receiver reports (str0m's
+    /// egress stats); 100 ms until the first.
+    rtt: Duration,
     /// Video packets its ULPFEC decoder recovered.
     pub fec_recovered: u64,
     /// NACK messages received on its send streams (str0m's egress stats).
@@ -751,6 +754,7 @@ impl SimNet {
             sent_audio: VecDeque::new(),
             video_fec_loss: None,
             fec_sent: 0,
+            rtt: Duration::from_millis(100),
             fec_recovered: 0,
             nacks: Default::default(),
         });
@@ -897,7 +901,7 @@ impl SimNet {
                 f.active = true;
                 body.insert(0, *wire_pt);
                 wire_pt = f.red_pt;
-                let n = f.on_media(marker, loss);
+                let n = f.on_media(marker, loss, c.rtt);
                 f.add_job(seq, n, timestamp);
             }
         }
@@ -1215,6 +1219,9 @@ impl SimNet {
                     Event::KeyframeRequest(r) => c.keyframe_requests.push((now, r)),
                     Event::MediaEgressStats(s) => {
                         c.nacks.insert(s.mid, s.nacks);
+                        if let Some(rtt) = s.rtt {
+                            c.rtt = rtt;
+                        }
                     }
                     Event::RtpPacket(pkt) => {
                         let ssrc = pkt.header.ssrc;

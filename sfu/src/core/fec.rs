@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use meridian_fec::ulpfec::{UlpfecDecoder, UlpfecEncoder};
 use meridian_fec::{fec_count, red, zero_extensions, MaskKind};
@@ -30,10 +31,24 @@ pub const FEC_FROM_LOSS: f32 = 0.02;
 /// Most media packets one FEC group protects (ULPFEC's 48-bit mask).
 const MAX_GROUP: usize = 48;
 
-/// FEC packets per media packet for a given loss: enough that one frame of a
-/// few packets gets one or two, capped so FEC never doubles the stream.
-pub fn protection_rate(loss: f32) -> f64 {
-    (0.1 + 3.0 * f64::from(loss)).min(0.6)
+/// Most FEC packets per media packet while NACK has time for more than one
+/// round, and when it has not.
+const MAX_RATE_SHORT_RTT: f64 = 0.6;
+const MAX_RATE_LONG_RTT: f64 = 0.8;
+
+/// Most FEC packets per media packet at any loss and RTT.
+pub const MAX_PROTECTION: f64 = MAX_RATE_LONG_RTT;
+
+/// FEC packets per media packet for a subscriber's loss and RTT: enough
+/// that one frame of a few packets gets one or two. With a short RTT a
+/// lost packet FEC cannot rebuild has NACK rounds to spare in a receiver's
+/// ≈ 200 ms jitter buffer; from 50 ms to 150 ms RTT that shrinks to one
+/// (receivers repeat a NACK only after ≈ 100 ms), so FEC takes up to half
+/// more, and its cap rises from 0.6 to 0.8.
+pub fn protection_rate(loss: f32, rtt: Duration) -> f64 {
+    let long = ((rtt.as_secs_f64() - 0.05) / 0.1).clamp(0.0, 1.0);
+    let cap = MAX_RATE_SHORT_RTT + (MAX_RATE_LONG_RTT - MAX_RATE_SHORT_RTT) * long;
+    ((0.1 + 3.0 * f64::from(loss)) * (1.0 + 0.5 * long)).min(cap)
 }
 
 /// FEC packets due after a frame whose packets are not all tapped yet.
@@ -81,7 +96,7 @@ impl VideoFec {
             ulpfec_pt,
             zero_ids,
             active: false,
-            max_rate: protection_rate(1.0),
+            max_rate: MAX_PROTECTION,
             encoder: UlpfecEncoder::new(),
             jobs: VecDeque::new(),
             group_len: 0,
@@ -112,12 +127,12 @@ impl VideoFec {
 
     /// A RED-wrapped media packet went out. At a frame's end (or a full
     /// group) returns how many FEC packets to reserve after it.
-    pub fn on_media(&mut self, marker: bool, loss: f32) -> usize {
+    pub fn on_media(&mut self, marker: bool, loss: f32, rtt: Duration) -> usize {
         self.group_len += 1;
         if !marker && self.group_len < MAX_GROUP {
             return 0;
         }
-        let rate = protection_rate(loss).min(self.max_rate);
+        let rate = protection_rate(loss, rtt).min(self.max_rate);
         let n = if rate > 0.0 {
             fec_count(self.group_len, rate)
         } else {
@@ -356,4 +371,23 @@ pub fn video_fec_pts(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<(Pt, Pt
         negotiated(str0m::format::Codec::Red)?,
         negotiated(str0m::format::Codec::Ulpfec)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protection_grows_with_loss_and_with_rtt_when_nack_has_one_round_left() {
+        let ms = Duration::from_millis;
+        // Short RTT: as before, 0.1 + 3 × loss, at most 0.6.
+        assert!((protection_rate(0.05, ms(50)) - 0.25).abs() < 1e-6);
+        assert!((protection_rate(0.30, ms(20)) - 0.6).abs() < 1e-6);
+        // Long RTT: half more, at most 0.8.
+        assert!((protection_rate(0.05, ms(150)) - 0.375).abs() < 1e-6);
+        assert!((protection_rate(0.30, ms(300)) - MAX_PROTECTION).abs() < 1e-6);
+        // In between, in between.
+        let mid = protection_rate(0.05, ms(100));
+        assert!(mid > 0.25 && mid < 0.375, "{mid}");
+    }
 }

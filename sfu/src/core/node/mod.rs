@@ -1944,7 +1944,7 @@ impl Node {
                     sub.loss.sent += 1;
                 }
                 if let Some(f) = fec {
-                    let n = f.on_media(unit.marker, sub.loss.estimate(now));
+                    let n = f.on_media(unit.marker, sub.loss.estimate(now), sub.rtt);
                     f.add_job(out_seq, n, out_ts);
                 }
                 self.stats.rtp_forwarded += 1;

@@ -15,7 +15,7 @@ use str0m::media::{MediaKind, Mid};
 
 use super::{Node, PeerSignal};
 use crate::core::allocator::{Allocator, AllocatorConfig, Priority, Proposal, TrackDemand};
-use crate::core::fec::protection_rate;
+use crate::core::fec::{protection_rate, MAX_PROTECTION};
 use crate::core::ids::{PeerId, RoomId, TrackId};
 use crate::core::room::Track;
 
@@ -206,7 +206,7 @@ impl Node {
                 .iter()
                 .any(|o| o.fec.as_ref().is_some_and(|f| f.active));
             let fec_rate = if fec_on {
-                protection_rate(peer.loss.estimate(now))
+                protection_rate(peer.loss.estimate(now), peer.rtt)
             } else {
                 0.0
             };
@@ -230,7 +230,7 @@ impl Node {
                 let spare = (estimate as f64 * 0.95 - proposal.used_bps as f64).max(0.0);
                 let max_rate = spare / (proposal.used_bps.max(1) as f64);
                 for f in peer.outs.iter_mut().filter_map(|o| o.fec.as_mut()) {
-                    f.max_rate = max_rate.min(protection_rate(1.0));
+                    f.max_rate = max_rate.min(MAX_PROTECTION);
                 }
             }
             for a in &proposal.allocations {
