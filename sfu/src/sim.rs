@@ -957,7 +957,8 @@ impl SimNet {
             let seq = out.next_seq;
             out.next_seq += 1;
             c.fec_sent += 1;
-            // Not kept for NACKs: libwebrtc does not retransmit FEC either.
+            // Not kept for NACKs: by the time a retransmission came, the
+            // packets it protects would have been retransmitted themselves.
             tx.write_rtp(
                 RtpWrite::new(f.red_pt, SeqNo::from(seq), p.ts, now, p.payload.to_vec())
                     .nackable(false),
