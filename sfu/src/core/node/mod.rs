@@ -413,7 +413,8 @@ fn rtc_config(bwe: bool) -> RtcConfig {
 #[derive(Debug, Clone)]
 struct Ingress {
     ssrc: str0m::rtp::Ssrc,
-    mid: Mid,
+    /// The published track (resolved from the SSRC's m-line once).
+    track: TrackId,
     rid: Option<Rid>,
     /// Extended sequence number and RTP timestamp.
     seq: u64,
@@ -1525,7 +1526,7 @@ impl Node {
         };
         let mut ingress = Ingress {
             ssrc,
-            mid,
+            track: published.track,
             rid,
             seq: *pkt.seq_no,
             ts: pkt.time.numer(),
@@ -1628,12 +1629,12 @@ impl Node {
     /// Fans one media packet (a codec's payload, or audio in RED) out to
     /// the subscribers of its track.
     fn forward_media(&mut self, from: PeerId, pkt: Ingress) {
-        let Some(publisher) = self.peers.get_mut(&from) else {
+        let Some(publisher) = self.peers.get(&from) else {
             return;
         };
         let Ingress {
             ssrc,
-            mid,
+            track: track_id,
             rid,
             seq,
             ts,
@@ -1645,11 +1646,7 @@ impl Node {
             ext,
             arrival,
         } = pkt;
-        let Some(published) = publisher.published.iter_mut().find(|p| p.mid == mid) else {
-            return;
-        };
         let is_red = params.pt() != pt;
-        let track_id = published.track;
         let Some(room) = self.rooms.get_mut(&publisher.room) else {
             return;
         };
@@ -1965,9 +1962,9 @@ impl Node {
         }
     }
 
-    /// A publisher's ULPFEC packet, not used yet: its sequence number is
-    /// taken out of every subscriber's stream (when it comes in order), so
-    /// it leaves no gap for them to NACK.
+    /// A publisher's ULPFEC packet (its decoder has it; it is not
+    /// forwarded): its sequence number is taken out of every subscriber's
+    /// stream, so it leaves no gap for them to NACK.
     fn skip_upstream_fec(&mut self, from: PeerId, mid: Mid, ssrc: u32, seq: u64) {
         self.stats.drops.add(DropReason::UpstreamFec);
         let Some(publisher) = self.peers.get(&from) else {
