@@ -1186,7 +1186,13 @@ mod tests {
         assert_eq!(guess_kind(100, &audio), Some(MediaKindGuess::Audio));
         // 90 kHz video, 3 packets per frame, timestamps wrapping.
         let video: Vec<_> = (0..90)
-            .map(|i| pkt(i / 3 * 33, u32::MAX - 30_000 + (i / 3) as u32 * 3000, 1100))
+            .map(|i| {
+                pkt(
+                    i / 3 * 33,
+                    (u32::MAX - 30_000).wrapping_add((i / 3) as u32 * 3000),
+                    1100,
+                )
+            })
             .collect();
         assert_eq!(guess_kind(100, &video), Some(MediaKindGuess::Video));
         // Unknown clock, but small payloads every 20 ms.

@@ -579,6 +579,13 @@ impl Driver {
             if !self.first_delivery(mid, u.seq) {
                 continue;
             }
+            if u.recovered {
+                // As libwebrtc's receiver: a packet FEC rebuilt is not NACKed
+                // (and a retransmission of it is dropped by str0m).
+                if let Some(rx) = self.rtc.direct_api().stream_rx(&pkt.header.ssrc) {
+                    rx.mark_recovered(u.seq.into());
+                }
+            }
             let unit = ReceivedRtp {
                 seq: u.seq,
                 timestamp: u.ts,

@@ -233,6 +233,9 @@ fn run(
     sim.run_for(Duration::from_secs(2));
 
     let mut delays = Vec::new();
+    // Verbose: video packets by latency added (ms buckets).
+    const BUCKETS: [u64; 6] = [10, 100, 150, 200, 300, u64::MAX];
+    let mut video_added = [0usize; BUCKETS.len()];
     let (mut video_in_time, mut audio_in_time) = (0usize, 0usize);
     let mut seen = std::collections::HashSet::new();
     for p in &sim.received(sub)[received_before..] {
@@ -255,7 +258,14 @@ fn run(
                 MediaKind::Audio => audio_in_time += 1,
             }
         }
-        delays.push(delay.saturating_sub(path));
+        let added = delay.saturating_sub(path);
+        if *kind == MediaKind::Video {
+            let ms = added.as_millis() as u64;
+            if let Some(b) = BUCKETS.iter().position(|&b| ms < b) {
+                video_added[b] += 1;
+            }
+        }
+        delays.push(added);
     }
     delays.sort();
     let total = src.sent.len().max(1) as f64;
@@ -274,6 +284,11 @@ fn run(
             stats.fec_packets - before.fec_packets,
             stats.fec_bytes - before.fec_bytes,
             stats.bytes_forwarded - before.bytes_forwarded
+        );
+        let video_seen: usize = video_added.iter().sum();
+        eprintln!(
+            "video added latency <10/<100/<150/<200/<300/more ms: {video_added:?}, never: {}",
+            videos as usize - video_seen
         );
     }
     let media_bytes = stats.bytes_forwarded - before.bytes_forwarded;

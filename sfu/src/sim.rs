@@ -280,6 +280,10 @@ impl SimClient {
             }
             if u.recovered {
                 self.fec_recovered += 1;
+                // As libwebrtc's receiver: a packet FEC rebuilt is not NACKed.
+                if let Some(rx) = self.rtc.direct_api().stream_rx(&pkt.header.ssrc) {
+                    rx.mark_recovered(u.seq.into());
+                }
             }
             self.received.push(ReceivedPacket {
                 mid,

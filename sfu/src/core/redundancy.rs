@@ -57,19 +57,25 @@ const LOSS_SAMPLE_LIFE: Duration = Duration::from_secs(10);
 const NACK_WINDOW: Duration = Duration::from_secs(1);
 const NACK_WINDOW_PACKETS: u32 = 20;
 
-/// A subscriber link's packet loss, from two signals: first-time NACKs per
-/// video packet sent (fast, but only while video flows) and the fraction
-/// lost its audio receiver reports give (audio is not retransmitted, so
-/// those show the link's loss; they come every ~5 s). The estimate is the
-/// larger of the two recent samples.
+/// A subscriber link's packet loss, from three signals: the packets its
+/// TWCC feedback reports lost (every packet, before any repair: the best
+/// signal, where negotiated), first-time NACKs per video packet sent (fast,
+/// but only while video flows, and short of the link's loss once FEC
+/// rebuilds packets before they are NACKed) and the fraction lost its audio
+/// receiver reports give (audio is not retransmitted, so those show the
+/// link's loss; they come every ~5 s). The estimate is the largest recent
+/// sample.
 #[derive(Debug, Default)]
 pub struct LossEstimate {
     /// Video packets sent and first-time NACKed in the current window.
     pub sent: u32,
     pub lost: u32,
     window_start: Option<Instant>,
+    /// TWCC (packets reported, lost) when the window started.
+    feedback_start: Option<(u64, u64)>,
     nack: Option<(f32, Instant)>,
     rr: Option<(f32, Instant)>,
+    twcc: Option<(f32, Instant)>,
 }
 
 impl LossEstimate {
@@ -77,10 +83,14 @@ impl LossEstimate {
         self.rr = Some((loss.clamp(0.0, 1.0), now));
     }
 
-    /// Ends the NACK window once it is long enough; true if that made a
-    /// new sample.
-    pub fn close_window(&mut self, now: Instant) -> bool {
+    /// Ends the window once it is long enough; true if that made a new
+    /// sample. `feedback`: the TWCC (packets reported, lost) so far, if the
+    /// link has TWCC feedback.
+    pub fn close_window(&mut self, now: Instant, feedback: Option<(u64, u64)>) -> bool {
         let start = *self.window_start.get_or_insert(now);
+        if self.feedback_start.is_none() {
+            self.feedback_start = feedback;
+        }
         if now.saturating_duration_since(start) < NACK_WINDOW {
             return false;
         }
@@ -89,14 +99,23 @@ impl LossEstimate {
             let loss = self.lost.min(self.sent) as f32 / self.sent as f32;
             self.nack = Some((loss, now));
         }
+        let mut twcc = false;
+        if let (Some((p0, l0)), Some((p1, l1))) = (self.feedback_start, feedback) {
+            let (packets, lost) = (p1.saturating_sub(p0), l1.saturating_sub(l0));
+            if packets >= u64::from(NACK_WINDOW_PACKETS) {
+                self.twcc = Some(((lost.min(packets) as f64 / packets as f64) as f32, now));
+                twcc = true;
+            }
+        }
         self.sent = 0;
         self.lost = 0;
         self.window_start = Some(now);
-        enough || self.rr.is_some()
+        self.feedback_start = feedback;
+        enough || twcc || self.rr.is_some()
     }
 
     pub fn estimate(&self, now: Instant) -> f32 {
-        [self.nack, self.rr]
+        [self.nack, self.rr, self.twcc]
             .into_iter()
             .flatten()
             .filter(|(_, at)| now.saturating_duration_since(*at) <= LOSS_SAMPLE_LIFE)
@@ -281,6 +300,34 @@ mod tests {
         assert_eq!(l.0, 2);
         l.update(0.0);
         assert_eq!(l.0, 0);
+    }
+
+    #[test]
+    fn loss_estimate_takes_the_largest_of_twcc_and_nack_samples() {
+        let t0 = Instant::now();
+        let mut e = LossEstimate::default();
+        assert!(!e.close_window(t0, Some((0, 0))));
+        // FEC rebuilt most losses before they were NACKed: the NACKs say
+        // 5 %, TWCC feedback 30 % of 200 packets.
+        e.sent = 100;
+        e.lost = 5;
+        assert!(e.close_window(t0 + NACK_WINDOW, Some((200, 60))));
+        assert!((e.estimate(t0 + NACK_WINDOW) - 0.3).abs() < 1e-6);
+        // Too few packets reported: no new TWCC sample, the last one holds.
+        e.sent = 100;
+        e.lost = 10;
+        assert!(e.close_window(t0 + 2 * NACK_WINDOW, Some((210, 60))));
+        assert!((e.estimate(t0 + 2 * NACK_WINDOW) - 0.3).abs() < 1e-6);
+        // Samples expire.
+        let later = t0 + 2 * NACK_WINDOW + LOSS_SAMPLE_LIFE + Duration::from_millis(1);
+        assert_eq!(e.estimate(later), 0.0);
+        // Without TWCC the NACK samples alone count.
+        let mut n = LossEstimate::default();
+        n.close_window(t0, None);
+        n.sent = 50;
+        n.lost = 5;
+        assert!(n.close_window(t0 + NACK_WINDOW, None));
+        assert!((n.estimate(t0 + NACK_WINDOW) - 0.1).abs() < 1e-6);
     }
 
     #[test]

@@ -1022,7 +1022,8 @@ impl Node {
         let now = self.now;
         // Each subscriber's loss estimate, and the audio redundancy it gets.
         for p in self.peers.values_mut() {
-            if p.loss.close_window(now) {
+            let feedback = p.rtc.bwe().feedback_counts();
+            if p.loss.close_window(now, feedback) {
                 let loss = p.loss.estimate(now);
                 p.red.update(loss);
                 for out in &mut p.outs {

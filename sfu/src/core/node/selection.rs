@@ -210,9 +210,20 @@ impl Node {
             } else {
                 0.0
             };
+            // FEC is the answer to loss, so it is not sized from the
+            // loss-based estimate, which reads all loss as congestion (at
+            // 30 % random loss it sits near 130 kbit/s): while the delay
+            // detector sees no queue building, FEC may use the delay-based
+            // estimate; media still gets no more than the full estimate.
+            let estimate = peer.selection.estimate(self.config.bwe);
+            let fec_estimate = match peer.rtc.bwe().delay_estimate() {
+                Some((delay, false)) if fec_on && peer.selection.twcc.is_some() => {
+                    estimate.max(delay.as_u64())
+                }
+                _ => estimate,
+            };
             let sel = &mut peer.selection;
-            let estimate = sel.estimate(self.config.bwe);
-            let media_budget = (estimate as f64 / (1.0 + fec_rate)) as u64;
+            let media_budget = ((fec_estimate as f64 / (1.0 + fec_rate)) as u64).min(estimate);
             let mut proposal = sel.allocator.propose(now, media_budget, &demands);
             if fec_rate > 0.0 {
                 // FEC yields to media where it would pause a track.
@@ -227,7 +238,7 @@ impl Node {
             sel.allocator.commit(now, &proposal);
             sel.allocator.retain_proposed(&proposal);
             if fec_on {
-                let spare = (estimate as f64 * 0.95 - proposal.used_bps as f64).max(0.0);
+                let spare = (fec_estimate as f64 * 0.95 - proposal.used_bps as f64).max(0.0);
                 let max_rate = spare / (proposal.used_bps.max(1) as f64);
                 for f in peer.outs.iter_mut().filter_map(|o| o.fec.as_mut()) {
                     f.max_rate = max_rate.min(MAX_PROTECTION);

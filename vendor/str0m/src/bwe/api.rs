@@ -91,6 +91,28 @@ impl<'a> Bwe<'a> {
         m.no_events();
     }
 
+    /// The delay-based part of the TWCC estimate, before the loss-based
+    /// controller caps it, and whether that detector currently sees the
+    /// queue growing (overuse). `None` without BWE or before feedback.
+    ///
+    /// The loss-based controller reads all loss as congestion: at 30 %
+    /// random loss it holds the estimate near 130 kbit/s however empty the
+    /// queue. An application that repairs loss (FEC) can size the repair
+    /// from this estimate while the delay signal shows no congestion.
+    /// (Meridian patch 10, bwe-delay-estimate.)
+    pub fn delay_estimate(&self) -> Option<(Bitrate, bool)> {
+        let bwe = self.0.session.bwe.as_ref()?;
+        Some((bwe.delay_estimate()?, bwe.is_overusing()))
+    }
+
+    /// Packets the remote's TWCC feedback has reported on so far, and how
+    /// many of those it reported lost: the link's loss before any repair
+    /// (NACKs undercount it once FEC rebuilds packets before they are
+    /// due). `None` without BWE. (Meridian patch 10, bwe-delay-estimate.)
+    pub fn feedback_counts(&self) -> Option<(u64, u64)> {
+        Some(self.0.session.bwe.as_ref()?.feedback_counts())
+    }
+
     /// Reset the BWE with a new init_bitrate
     ///
     /// This discards the current estimator state and starts estimation again

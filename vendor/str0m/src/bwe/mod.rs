@@ -124,6 +124,18 @@ impl Bwe {
         self.bwe.is_overusing()
     }
 
+    /// Meridian patch 10 (bwe-delay-estimate): the delay-based estimate
+    /// alone, before the loss-based controller caps it.
+    pub fn delay_estimate(&self) -> Option<Bitrate> {
+        self.bwe.delay_controller.last_estimate()
+    }
+
+    /// Meridian patch 10: (packets reported, of which lost) by TWCC
+    /// feedback so far.
+    pub fn feedback_counts(&self) -> (u64, u64) {
+        (self.bwe.feedback_packets, self.bwe.feedback_lost)
+    }
+
     pub fn set_bitrate(&mut self, minimum: Bitrate, desired: Bitrate) {
         self.minimum_bitrate = minimum.min(desired);
         self.desired_bitrate = desired;
@@ -145,6 +157,10 @@ struct SendSideBandwidthEstimator {
     alr_detector: AlrDetector,
     link_capacity_estimator: LinkCapacityEstimator,
     last_updated_estimate: Option<Bitrate>,
+    /// Meridian patch 10: packets TWCC feedback reported on, and of those
+    /// reported lost, since the start.
+    feedback_packets: u64,
+    feedback_lost: u64,
 }
 
 impl SendSideBandwidthEstimator {
@@ -168,6 +184,8 @@ impl SendSideBandwidthEstimator {
             alr_detector,
             link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
+            feedback_packets: 0,
+            feedback_lost: 0,
         }
     }
 
@@ -224,6 +242,8 @@ impl SendSideBandwidthEstimator {
             max_rtt = max_rtt.max(record.rtt());
         }
         acked_packets.sort_by(AckedPacket::order_by_receive_time);
+        self.feedback_packets += count;
+        self.feedback_lost += lost;
 
         for acked_packet in acked_packets.iter() {
             self.acked_bitrate_estimator
