@@ -989,6 +989,16 @@ fn ulpfec_from_the_publisher_recovers_uplink_loss() {
             Duration::from_secs(10),
             |_, _| {},
         );
+        // A clean last second: an FEC packet lost after the last media
+        // packet would leave no gap, and the count below could not tell.
+        sim.set_uplink_loss(publisher, 0.0);
+        drive(
+            &mut sim,
+            Some(&mut cam),
+            None,
+            Duration::from_secs(1),
+            |_, _| {},
+        );
         sim.run_for(Duration::from_millis(500));
         (sim, publisher, subs, cam)
     };

@@ -77,6 +77,10 @@ pub fn protected_indices(kind: MaskKind, n: usize, k: usize, j: usize) -> Vec<us
     match kind {
         MaskKind::Interleaved => (j..n).step_by(k).collect(),
         MaskKind::Consecutive => (j * n / k..(j + 1) * n / k).collect(),
+        MaskKind::Overlapping if k >= 3 => {
+            (0..n).filter(|i| i % k == j || (i + 1) % k == j).collect()
+        }
+        MaskKind::Overlapping => (j..n).step_by(k).collect(),
     }
 }
 
