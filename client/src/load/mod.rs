@@ -427,6 +427,7 @@ async fn replay(
     // Later loops continue the RTP timestamps instead of jumping back.
     let (mut audio_offset, mut video_offset) = (0u32, 0u32);
     let loop_secs = sched.loop_len.as_secs_f64();
+    shared.sends.started(publisher, Instant::now());
     loop {
         for (at, kind, ts, marker, payload) in &sched.packets {
             if *shared.stopped.borrow() {
@@ -494,7 +495,7 @@ async fn receive(
                     .saturating_duration_since(shared.start)
                     .as_secs() as usize;
                 shared.timeline.received(p.payload.len(), latency, second);
-                st.on_packet(&p);
+                st.on_packet(&p, shared.sends.started_at(publisher));
             }
             ClientEvent::Signal(ServerMsg::TrackMap { tracks }) => {
                 for t in tracks {
@@ -514,7 +515,7 @@ async fn receive(
     let drain_until = tokio::time::Instant::now() + DRAIN_TIME;
     while let Ok(Some(ev)) = tokio::time::timeout_at(drain_until, client.next_event()).await {
         if let ClientEvent::Rtp(p) = ev {
-            st.on_packet(&p);
+            st.on_packet(&p, None);
         }
     }
     (st, client)

@@ -131,9 +131,12 @@ pub struct Report {
     pub loss: Option<MinMedMax>,
     pub jitter_ms: Option<MinMedMax>,
     pub latency_ms: Option<Percentiles>,
-    /// Request to first media packet (any kind).
+    /// Request to first media packet (any kind). Where the packet's
+    /// publisher started sending only after the request (a meeting, whose
+    /// participants join together), from that start instead: the time the
+    /// server took, not the time the others took to arrive.
     pub join_ms: Option<Percentiles>,
-    /// Request to first video packet.
+    /// Request (or, as above, the publisher's start) to first video packet.
     pub first_video_ms: Option<Percentiles>,
     pub server: ServerCost,
     pub tester_cpu_seconds: f64,
@@ -228,20 +231,8 @@ impl Report {
             })
             .collect();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let join: Vec<f64> = subs
-            .iter()
-            .filter_map(|s| {
-                s.first_packet
-                    .map(|t| ms(t.saturating_duration_since(s.requested)))
-            })
-            .collect();
-        let first_video: Vec<f64> = subs
-            .iter()
-            .filter_map(|s| {
-                s.first_video
-                    .map(|t| ms(t.saturating_duration_since(s.requested)))
-            })
-            .collect();
+        let join: Vec<f64> = subs.iter().filter_map(|s| s.join.map(ms)).collect();
+        let first_video: Vec<f64> = subs.iter().filter_map(|s| s.join_video.map(ms)).collect();
         Report {
             url: opts.url.clone(),
             protocol: match opts.protocol {

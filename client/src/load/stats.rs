@@ -33,6 +33,8 @@ pub fn payload_key(payload: &[u8]) -> u64 {
 /// distinct payloads in the capture: a loop overwrites its own entries.
 pub struct SendLog {
     shards: Vec<Mutex<HashMap<(usize, u64), Instant>>>,
+    /// When each publisher sent its first packet.
+    started: Mutex<HashMap<usize, Instant>>,
 }
 
 impl Default for SendLog {
@@ -41,6 +43,7 @@ impl Default for SendLog {
             shards: (0..SEND_LOG_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
+            started: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -48,6 +51,17 @@ impl Default for SendLog {
 impl SendLog {
     fn shard(&self, key: u64) -> &Mutex<HashMap<(usize, u64), Instant>> {
         &self.shards[(key as usize) % SEND_LOG_SHARDS]
+    }
+
+    /// Publisher `publisher` sent its first packet at `at`.
+    pub fn started(&self, publisher: usize, at: Instant) {
+        if let Ok(mut m) = self.started.lock() {
+            m.entry(publisher).or_insert(at);
+        }
+    }
+
+    pub fn started_at(&self, publisher: usize) -> Option<Instant> {
+        self.started.lock().ok()?.get(&publisher).copied()
     }
 
     pub fn record(&self, publisher: usize, key: u64, at: Instant) {
@@ -167,6 +181,12 @@ pub struct SubscriberStats {
     pub run_start: Instant,
     pub first_packet: Option<Instant>,
     pub first_video: Option<Instant>,
+    /// Join time: from the request, or from when the publisher of the
+    /// first packet started sending if that was later (in a meeting the
+    /// others are still joining), to the first packet; and to the first
+    /// video packet.
+    pub join: Option<Duration>,
+    pub join_video: Option<Duration>,
     pub streams: HashMap<u32, StreamStat>,
     pub seconds: Vec<SecondBucket>,
     pub closed: Option<String>,
@@ -180,6 +200,8 @@ impl SubscriberStats {
             run_start,
             first_packet: None,
             first_video: None,
+            join: None,
+            join_video: None,
             streams: HashMap::new(),
             seconds: Vec::new(),
             closed: None,
@@ -187,10 +209,17 @@ impl SubscriberStats {
         }
     }
 
-    pub fn on_packet(&mut self, p: &ReceivedRtp) {
-        self.first_packet.get_or_insert(p.received_at);
-        if p.kind == Some(MediaKind::Video) {
-            self.first_video.get_or_insert(p.received_at);
+    /// A packet whose publisher started sending at `started` (if known).
+    pub fn on_packet(&mut self, p: &ReceivedRtp, started: Option<Instant>) {
+        let base = started.map_or(self.requested, |t| t.max(self.requested));
+        let waited = p.received_at.saturating_duration_since(base);
+        if self.first_packet.is_none() {
+            self.first_packet = Some(p.received_at);
+            self.join = Some(waited);
+        }
+        if p.kind == Some(MediaKind::Video) && self.first_video.is_none() {
+            self.first_video = Some(p.received_at);
+            self.join_video = Some(waited);
         }
         self.bytes += p.payload.len() as u64;
         let s = self.streams.entry(p.ssrc).or_insert(StreamStat {
@@ -240,5 +269,51 @@ impl SubscriberStats {
 
     pub fn packets(&self) -> u64 {
         self.streams.values().map(|s| s.packets).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(kind: MediaKind, at: Instant) -> ReceivedRtp {
+        ReceivedRtp {
+            mid: None,
+            kind: Some(kind),
+            track_id: None,
+            ssrc: 1,
+            seq: 1,
+            timestamp: 0,
+            payload_type: 96,
+            marker: false,
+            payload: std::sync::Arc::from(&[0u8; 4][..]),
+            received_at: at,
+        }
+    }
+
+    #[test]
+    fn join_counts_from_the_request_or_the_publishers_first_send() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Joined flowing media: from the request.
+        let mut flowing = SubscriberStats::new(t0, t0);
+        flowing.on_packet(&packet(MediaKind::Audio, t0 + ms(30)), Some(t0 - ms(500)));
+        flowing.on_packet(&packet(MediaKind::Video, t0 + ms(40)), Some(t0 - ms(500)));
+        assert_eq!(
+            (flowing.join, flowing.join_video),
+            (Some(ms(30)), Some(ms(40)))
+        );
+        // A meeting: the publisher started 600 ms after the request.
+        let mut meeting = SubscriberStats::new(t0, t0);
+        meeting.on_packet(&packet(MediaKind::Video, t0 + ms(620)), Some(t0 + ms(600)));
+        assert_eq!(
+            (meeting.join, meeting.join_video),
+            (Some(ms(20)), Some(ms(20)))
+        );
+        // Unknown publisher: from the request; later packets change nothing.
+        let mut unknown = SubscriberStats::new(t0, t0);
+        unknown.on_packet(&packet(MediaKind::Audio, t0 + ms(700)), None);
+        unknown.on_packet(&packet(MediaKind::Audio, t0 + ms(900)), Some(t0 + ms(800)));
+        assert_eq!(unknown.join, Some(ms(700)));
     }
 }
