@@ -2046,6 +2046,36 @@ impl Rtc {
         Ok(())
     }
 
+    /// Makes media written since the last tick sendable without a full tick
+    /// (Meridian patch 11, write-tick).
+    ///
+    /// After [`StreamTx::write_rtp`][crate::rtp::StreamTx::write_rtp] the
+    /// pacer only releases the packet once its queue snapshot is refreshed,
+    /// which `handle_input(Input::Timeout(now))` does along with everything
+    /// else a tick runs: ICE, SCTP, RTCP reports, NACKs, TWCC feedback, the
+    /// BWE and its probe control. Each of those keeps its own deadline in
+    /// [`Rtc::poll_output`]'s timeout, so an application that writes media
+    /// and then wants it on the wire needs only the snapshot: this. An SFU
+    /// does this once per subscriber per forwarded packet.
+    pub fn handle_written(&mut self, now: Instant) -> Result<(), RtcError> {
+        if self.state == RtcState::Closed {
+            return Ok(());
+        }
+        self.init_time(now);
+        if now < self.last_now {
+            return Ok(());
+        }
+        let Rtc {
+            session, readiness, ..
+        } = self;
+        if !session.refresh_send_queue(now, &mut readiness.wake()) {
+            // A new stream's first tick sets it up: take the full one.
+            return self.do_handle_timeout(now);
+        }
+        self.last_now = now;
+        Ok(())
+    }
+
     /// Starts local shutdown.
     ///
     /// The `Rtc` instance schedules RTCP BYE, requests SCTP shutdown, and sends

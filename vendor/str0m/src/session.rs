@@ -98,6 +98,8 @@ pub(crate) struct Session {
     max_rx_seq_lookup: HashMap<Ssrc, SeqNoWindow>,
 
     pub(crate) bwe: Option<Bwe>,
+    /// The probe media the last full tick chose (patch 11).
+    last_probe_media: Option<(Mid, Pt)>,
     bwe_last_event: Option<(Bitrate, bool)>,
 
     enable_twcc_feedback: bool,
@@ -210,6 +212,7 @@ impl Session {
             twcc_tx_register: TwccSendRegister::new(config.twcc_send_records),
             max_rx_seq_lookup: HashMap::new(),
             bwe,
+            last_probe_media: None,
             bwe_last_event: None,
             enable_twcc_feedback: false,
             pacer,
@@ -348,6 +351,7 @@ impl Session {
         }
 
         let probe_media = self.handle_timeout_bwe(now);
+        self.last_probe_media = probe_media;
         self.update_queue_state(now, probe_media);
 
         if let Some(twcc_at) = self.twcc_at() {
@@ -357,6 +361,20 @@ impl Session {
         }
 
         Ok(())
+    }
+
+    /// Meridian patch 11: the pacer's queue snapshot only, with the probe
+    /// media of the last full tick (see `Rtc::handle_written`).
+    /// False if a send stream still needs its first full tick.
+    pub fn refresh_send_queue(&mut self, now: Instant, _wake: &mut Wake) -> bool {
+        if self.rtp_closing {
+            return true;
+        }
+        if !self.streams.stamp_written(now) {
+            return false;
+        }
+        self.update_queue_state(now, self.last_probe_media);
+        true
     }
 
     fn handle_timeout_bwe(&mut self, now: Instant) -> Option<(Mid, Pt)> {

@@ -1121,8 +1121,11 @@ impl Node {
                 continue;
             };
             if peer.needs_tick {
+                // Media was written: the pacer's snapshot is all that needs
+                // refreshing (str0m patch 11); the rest of a tick keeps its
+                // own deadlines, which `handle_timeout` meets.
                 peer.needs_tick = false;
-                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                if let Err(e) = peer.rtc.handle_written(now) {
                     debug!(peer = %id, error = %e, "tick failed");
                 }
             }

@@ -497,6 +497,13 @@ impl Streams {
         }
     }
 
+    /// Meridian patch 11: timestamps what was written to the send streams
+    /// since the last tick (the pacer counts only timestamped packets).
+    /// False if a stream has not had its first tick: a full tick is needed.
+    pub(crate) fn stamp_written(&mut self, now: Instant) -> bool {
+        self.streams_tx.values_mut().all(|s| s.stamp_written(now))
+    }
+
     pub(crate) fn poll_keyframe_request(&mut self) -> Option<KeyframeRequest> {
         self.streams_tx.values_mut().find_map(|s| {
             let kind = s.poll_keyframe_request()?;

@@ -1437,6 +1437,16 @@ impl StreamTx {
         self.send_queue.handle_timeout(now);
     }
 
+    /// Meridian patch 11: `handle_timeout` for a stream that had its first
+    /// one; false (and nothing done) if it has not.
+    pub(crate) fn stamp_written(&mut self, now: Instant) -> bool {
+        if self.kind.is_none() {
+            return false;
+        }
+        self.send_queue.handle_timeout(now);
+        true
+    }
+
     fn on_first_timeout(&mut self, media: &Media, config: &CodecConfig) {
         // Always set on first timeout.
         self.kind = Some(media.kind());
