@@ -204,6 +204,23 @@ fn sent_payloads(s: &[Sent]) -> Vec<Vec<u8>> {
     s.iter().map(|s| s.payload.clone()).collect()
 }
 
+/// The share of `counted` (a tail of what the camera sent) that reached
+/// `sub`, after checking that every video payload it got was sent exactly
+/// so (rebuilt packets are byte-exact) and came once.
+fn video_delivered(sim: &SimNet, sub: ClientId, cam: &Camera, counted: usize) -> f64 {
+    let all: HashSet<Vec<u8>> = cam.sent.iter().map(|s| s.payload.clone()).collect();
+    let video = of_kind(sim, sub, MediaKind::Video);
+    let got: HashSet<Vec<u8>> = video.iter().map(|p| p.payload.to_vec()).collect();
+    assert!(
+        got.is_subset(&all),
+        "{sub:?}: only payloads that were sent, exact"
+    );
+    assert_eq!(got.len(), video.len(), "{sub:?}: no duplicates delivered");
+    let counted = &cam.sent[cam.sent.len() - counted..];
+    let hit = counted.iter().filter(|s| got.contains(&s.payload)).count();
+    hit as f64 / counted.len().max(1) as f64
+}
+
 /// The SSRC a publisher's str0m sends `kind` with.
 fn upstream_ssrc(sim: &mut SimNet, c: ClientId, kind: MediaKind) -> u32 {
     let mid = sim.send_mid(c, kind).unwrap();
@@ -938,14 +955,7 @@ fn ulpfec_rebuilds_lost_video_packets() {
         sim.client(lossy).fec_recovered > 0,
         "the subscriber rebuilt packets"
     );
-    let sent: HashSet<Vec<u8>> = cam.sent[from..].iter().map(|s| s.payload.clone()).collect();
-    let lossy_video = of_kind(&sim, lossy, MediaKind::Video);
-    let got: HashSet<Vec<u8>> = lossy_video.iter().map(|p| p.payload.to_vec()).collect();
-    assert!(
-        got.is_subset(&cam.sent.iter().map(|s| s.payload.clone()).collect()),
-        "rebuilt packets are exact"
-    );
-    let ratio = sent.intersection(&got).count() as f64 / sent.len() as f64;
+    let ratio = video_delivered(&sim, lossy, &cam, cam.sent.len() - from);
     assert!(
         ratio > 0.95,
         "FEC alone brought {:.2} % (10 % lost)",
@@ -1002,14 +1012,8 @@ fn ulpfec_from_the_publisher_recovers_uplink_loss() {
         sim.run_for(Duration::from_millis(500));
         (sim, publisher, subs, cam)
     };
-    let ratio_of = |sim: &SimNet, sub: ClientId, cam: &Camera| {
-        let sent: HashSet<Vec<u8>> = cam.sent.iter().map(|s| s.payload.clone()).collect();
-        let video = of_kind(sim, sub, MediaKind::Video);
-        let got: HashSet<Vec<u8>> = video.iter().map(|p| p.payload.to_vec()).collect();
-        assert!(got.is_subset(&sent), "rebuilt packets are exact");
-        assert_eq!(got.len(), video.len(), "no duplicates");
-        sent.intersection(&got).count() as f64 / sent.len() as f64
-    };
+    let ratio_of =
+        |sim: &SimNet, sub: ClientId, cam: &Camera| video_delivered(sim, sub, cam, cam.sent.len());
     let (plain, _, plain_subs, plain_cam) = run(false);
     let without = ratio_of(&plain, plain_subs[0], &plain_cam);
     let (sim, publisher, subs, cam) = run(true);
@@ -1081,13 +1085,8 @@ fn uplink_loss_is_recovered_once_for_all_subscribers() {
         |_, _| {},
     );
     sim.run_for(Duration::from_secs(1));
-    let sent: HashSet<Vec<u8>> = cam.sent.iter().map(|s| s.payload.clone()).collect();
     for s in &subs {
-        let got: HashSet<Vec<u8>> = of_kind(&sim, *s, MediaKind::Video)
-            .iter()
-            .map(|p| p.payload.to_vec())
-            .collect();
-        let ratio = sent.intersection(&got).count() as f64 / sent.len() as f64;
+        let ratio = video_delivered(&sim, *s, &cam, cam.sent.len());
         assert!(ratio >= 0.99, "subscriber {s:?}: {:.2} %", ratio * 100.0);
     }
     let nack = sim.stats().nack;
@@ -1137,10 +1136,7 @@ fn nack_without_rtx_gets_plain_retransmissions() {
         |_, _| {},
     );
     sim.run_for(Duration::from_secs(1));
-    let video = of_kind(&sim, sub, MediaKind::Video);
-    let sent: HashSet<Vec<u8>> = cam.sent.iter().map(|s| s.payload.clone()).collect();
-    let got: HashSet<Vec<u8>> = video.iter().map(|p| p.payload.to_vec()).collect();
-    let ratio = sent.intersection(&got).count() as f64 / sent.len() as f64;
+    let ratio = video_delivered(&sim, sub, &cam, cam.sent.len());
     let nack = sim.stats().nack;
     assert!(nack.resent > 0, "{nack:?}");
     assert!(ratio >= 0.99, "{:.2} % ({nack:?})", ratio * 100.0);
@@ -1181,12 +1177,7 @@ fn nack_red_and_fec_together_over_lossy_uplink_and_downlink() {
             c.seq_conflicts, 0,
             "{who:?}: one payload per sequence number"
         );
-        let sent: HashSet<Vec<u8>> = cam.sent.iter().map(|s| s.payload.clone()).collect();
-        let got: HashSet<Vec<u8>> = of_kind(&sim, who, MediaKind::Video)
-            .iter()
-            .map(|p| p.payload.to_vec())
-            .collect();
-        let ratio = sent.intersection(&got).count() as f64 / sent.len() as f64;
+        let ratio = video_delivered(&sim, who, &cam, cam.sent.len());
         assert!(
             ratio >= min,
             "{who:?}: video {:.2} % ({stats:?})",
