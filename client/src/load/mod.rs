@@ -495,7 +495,13 @@ async fn receive(
                     .saturating_duration_since(shared.start)
                     .as_secs() as usize;
                 shared.timeline.received(p.payload.len(), latency, second);
-                st.on_packet(&p, shared.sends.started_at(publisher));
+                // The publisher's start matters only for the join times
+                // (a lock on a map shared by every client: not per packet).
+                let started = st
+                    .joining(p.kind)
+                    .then(|| shared.sends.started_at(publisher))
+                    .flatten();
+                st.on_packet(&p, started);
             }
             ClientEvent::Signal(ServerMsg::TrackMap { tracks }) => {
                 for t in tracks {

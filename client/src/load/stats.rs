@@ -209,6 +209,12 @@ impl SubscriberStats {
         }
     }
 
+    /// Whether a packet of `kind` would set a join time.
+    pub fn joining(&self, kind: Option<MediaKind>) -> bool {
+        self.first_packet.is_none()
+            || (kind == Some(MediaKind::Video) && self.first_video.is_none())
+    }
+
     /// A packet whose publisher started sending at `started` (if known).
     pub fn on_packet(&mut self, p: &ReceivedRtp, started: Option<Instant>) {
         let base = started.map_or(self.requested, |t| t.max(self.requested));
@@ -297,8 +303,12 @@ mod tests {
         let ms = Duration::from_millis;
         // Joined flowing media: from the request.
         let mut flowing = SubscriberStats::new(t0, t0);
+        assert!(flowing.joining(Some(MediaKind::Audio)));
         flowing.on_packet(&packet(MediaKind::Audio, t0 + ms(30)), Some(t0 - ms(500)));
+        assert!(!flowing.joining(Some(MediaKind::Audio)));
+        assert!(flowing.joining(Some(MediaKind::Video)));
         flowing.on_packet(&packet(MediaKind::Video, t0 + ms(40)), Some(t0 - ms(500)));
+        assert!(!flowing.joining(Some(MediaKind::Video)));
         assert_eq!(
             (flowing.join, flowing.join_video),
             (Some(ms(30)), Some(ms(40)))
