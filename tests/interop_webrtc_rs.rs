@@ -10,6 +10,10 @@
 //! * `whep_player_survives_publisher_switch_webrtc_rs` — the played publisher leaves and
 //!   another one appears: the player keeps receiving on the same SSRC with continuous
 //!   sequence numbers (the PROTOCOL.md WHEP continuity promise).
+//! * `whep_player_decodes_flexfec_webrtc_rs` — two webrtc-rs WHEP players without NACK behind
+//!   impairment proxies losing 10 % towards them, one with webrtc-rs's FlexFEC-03 receiver:
+//!   the server announces a FEC SSRC (`a=ssrc-group:FEC-FR`) only to that one and sends it
+//!   repair packets, from which it rebuilds most of what the link lost.
 //!
 //! Every test starts its own server (`CARGO_BIN_EXE_meridian serve`, dev mode) on free
 //! loopback ports; all peers gather host candidates on 127.0.0.1 only, no STUN. Every wait
@@ -29,6 +33,11 @@ use tokio::sync::watch;
 
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::ice::network_type::NetworkType;
+use rtc::interceptor::{FlexFec03ReceiveBuilder, Slot};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_FLEX_FEC03;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
@@ -418,6 +427,14 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
+/// How a webrtc-rs peer recovers loss: NACK (the default interceptors) unless `no_nack`,
+/// and FlexFEC-03 with webrtc-rs's receiver when `flexfec_pt` is set.
+#[derive(Clone, Copy, Debug, Default)]
+struct RecoveryOptions {
+    no_nack: bool,
+    flexfec_pt: Option<u8>,
+}
+
 struct Peer {
     name: String,
     pc: Arc<dyn PeerConnection>,
@@ -431,6 +448,10 @@ impl Peer {
     /// interceptors (NACK, RTCP reports, TWCC receiver), one UDP socket on 127.0.0.1, no STUN,
     /// no mDNS.
     async fn new(name: &str, pts: Pts) -> Peer {
+        Peer::build(name, pts, RecoveryOptions::default()).await
+    }
+
+    async fn build(name: &str, pts: Pts, recovery: RecoveryOptions) -> Peer {
         let mut media_engine = MediaEngine::default();
         media_engine
             .register_codec(
@@ -450,7 +471,36 @@ impl Peer {
                 RtpCodecKind::Video,
             )
             .unwrap();
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine).unwrap();
+        let registry = if recovery.no_nack {
+            // The default set without NACK (so only FEC can repair loss).
+            configure_simulcast_extension_headers(&mut media_engine).unwrap();
+            let registry =
+                configure_twcc_receiver_only(Registry::new(), &mut media_engine).unwrap();
+            configure_rtcp_reports(registry)
+        } else {
+            register_default_interceptors(Registry::new(), &mut media_engine).unwrap()
+        };
+        let registry = match recovery.flexfec_pt {
+            Some(pt) => {
+                media_engine
+                    .register_codec(
+                        RTCRtpCodecParameters {
+                            rtp_codec: RTCRtpCodec {
+                                mime_type: MIME_TYPE_FLEX_FEC03.to_owned(),
+                                clock_rate: 90000,
+                                channels: 0,
+                                sdp_fmtp_line: "repair-window=10000000".to_owned(),
+                                rtcp_feedback: vec![],
+                            },
+                            payload_type: pt,
+                        },
+                        RtpCodecKind::Video,
+                    )
+                    .unwrap();
+                registry.with(Slot::FecDecoder, FlexFec03ReceiveBuilder::new().build())
+            }
+            None => registry,
+        };
 
         // Host candidates are derived from the bound sockets: binding only 127.0.0.1 makes
         // loopback the only candidate. mDNS off (no multicast socket, no .local names).
@@ -807,7 +857,20 @@ struct Player {
 impl Player {
     /// webrtc-rs WHEP player: recvonly audio (added first) + recvonly video.
     async fn start(server: &Server, path: &str, name: &str, pts: Pts) -> Player {
-        let mut peer = Peer::new(name, pts).await;
+        Player::start_with(server, path, name, pts, RecoveryOptions::default(), None).await
+    }
+
+    /// The same, with its loss recovery set by `recovery`, and reaching the server through
+    /// `via` (an impairment proxy in front of the server's UDP port) when set.
+    async fn start_with(
+        server: &Server,
+        path: &str,
+        name: &str,
+        pts: Pts,
+        recovery: RecoveryOptions,
+        via: Option<std::net::SocketAddr>,
+    ) -> Player {
+        let mut peer = Peer::build(name, pts, recovery).await;
         for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
             peer.pc
                 .add_transceiver_from_kind(
@@ -824,7 +887,15 @@ impl Player {
         let offer = peer.offer().await;
         let (session, answer) = post_offer(&server.base(), path, &offer).await;
         log!("[{name}] WHEP answer:\n{answer}");
-        peer.apply_answer(&answer).await;
+        let applied = match via {
+            // The server's candidate becomes the proxy's: everything goes through it.
+            Some(via) => answer.replace(
+                &format!("{} {} typ host", server.udp.ip(), server.udp.port()),
+                &format!("{} {} typ host", via.ip(), via.port()),
+            ),
+            None => answer.clone(),
+        };
+        peer.apply_answer(&applied).await;
         peer.wait_connected(Duration::from_secs(10)).await;
         Player {
             peer,
@@ -1134,4 +1205,111 @@ async fn whep_player_survives_publisher_switch_webrtc_rs() {
     })
     .await
     .expect("test exceeded 55 s");
+}
+
+/// FlexFEC towards a webrtc-rs player. Two WHEP players without NACK, each behind its own
+/// impairment proxy losing 10 % of what the server sends it (same seed), one of them with
+/// FlexFEC-03 (webrtc-rs's `FlexFec03ReceiveInterceptor`). The server announces a FEC SSRC
+/// grouped with the video SSRC (`a=ssrc-group:FEC-FR`) to that player only, sends repair
+/// packets on it once it sees the loss, and the player rebuilds from them: its share of the
+/// publisher's video, byte-identical, is well above the plain player's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whep_player_decodes_flexfec_webrtc_rs() {
+    use meridian_netsim::{Proxy, ProxyConfig};
+    init_logging();
+    tokio::time::timeout(Duration::from_secs(80), async {
+        let server = Server::start(&[]).await;
+        let room = "interop-wrs-fec";
+        let mut publisher = Publisher::start(&server, room, "pub-f", 0xF1).await;
+
+        let proxy = || async {
+            Proxy::start(ProxyConfig {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                upstream: server.udp,
+                up: "loss=0%".parse().expect("spec"),
+                down: "loss=10%".parse().expect("spec"),
+                seed: 31,
+            })
+            .await
+            .expect("proxy starts")
+        };
+        let (fec_proxy, plain_proxy) = (proxy().await, proxy().await);
+        let with_fec = RecoveryOptions {
+            no_nack: true,
+            flexfec_pt: Some(115),
+        };
+        let plain = RecoveryOptions {
+            no_nack: true,
+            flexfec_pt: None,
+        };
+        let path = format!("/whep/{room}");
+        let fec_player =
+            Player::start_with(&server, &path, "play-fec", CHROME_PTS, with_fec, Some(fec_proxy.local_addr())).await;
+        let plain_player =
+            Player::start_with(&server, &path, "play-plain", CHROME_PTS, plain, Some(plain_proxy.local_addr())).await;
+        assert!(
+            fec_player.answer.contains("flexfec-03/90000") && fec_player.answer.contains("a=ssrc-group:FEC-FR"),
+            "the FlexFEC player's answer announces no FEC stream:\n{}",
+            fec_player.answer
+        );
+        assert!(
+            !plain_player.answer.contains("FEC-FR") && !plain_player.answer.contains("flexfec"),
+            "FlexFEC announced to a player that did not offer it:\n{}",
+            plain_player.answer
+        );
+
+        // The server turns FEC on from the loss it sees in feedback; then measure 12 s.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let (from, _, _) = publisher.sent();
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let (to, _, _) = publisher.sent();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // Video packets of the measured range each player got, byte-identical, once each.
+        let delivered = |player: &Player| {
+            let pkts = player.rx().packets(RtpCodecKind::Video);
+            let mismatched = pkts.iter().filter(|p| p.id.is_some() && !p.identical).count();
+            assert_eq!(mismatched, 0, "[{}] video payloads altered", player.peer.name);
+            let ids: BTreeSet<u32> = pkts
+                .iter()
+                .filter_map(|p| p.id.filter(|(tag, n)| *tag == 0xF1 && (from..to).contains(&u64::from(*n))))
+                .map(|(_, n)| n)
+                .collect();
+            ids.len() as f64 / (to - from).max(1) as f64
+        };
+        let (fec_ratio, plain_ratio) = (delivered(&fec_player), delivered(&plain_player));
+        let metrics = reqwest::get(format!("{}/metrics", server.base()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let fec_line = metrics
+            .lines()
+            .find(|l| l.starts_with("meridian_fec_packets_total"))
+            .unwrap_or("(no meridian_fec_packets_total)")
+            .to_owned();
+        log!(
+            "video delivered over 10 % loss, no NACK: FlexFEC {:.2} %, plain {:.2} % of {}; proxies down: fec {:?}, plain {:?}; {fec_line}",
+            fec_ratio * 100.0,
+            plain_ratio * 100.0,
+            to - from,
+            fec_proxy.stats(),
+            plain_proxy.stats()
+        );
+        assert!(plain_ratio < 0.97, "the plain player lost too little to tell: {plain_ratio:.4}");
+        assert!(
+            fec_ratio >= 0.98 && fec_ratio > plain_ratio + 0.04,
+            "FlexFEC player got {:.2} %, plain {:.2} % ({fec_line})",
+            fec_ratio * 100.0,
+            plain_ratio * 100.0
+        );
+
+        publisher.stop().await;
+        fec_player.peer.close().await;
+        plain_player.peer.close().await;
+        publisher.peer.close().await;
+    })
+    .await
+    .expect("test exceeded 80 s");
 }

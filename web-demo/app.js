@@ -92,7 +92,8 @@ async function join() {
     // Testing aids: reach the server's UDP port through a proxy
     // (`meridian netsim`), and refuse video FEC.
     udpVia: params.get('via'),
-    videoFec: params.get('fec') !== '0',
+    // fec=0: no video FEC; fec=ulpfec / fec=flexfec: only that form.
+    videoFec: { 0: false, ulpfec: 'ulpfec', flexfec: 'flexfec' }[params.get('fec')] ?? true,
     simulcast: params.get('simulcast') !== '0',
     ...captureConstraints(params.get('video')),
   });

@@ -40,7 +40,8 @@ export class MeridianClient {
    * @param {RTCIceServer[]} [options.iceServers]
    * @param {string} [options.udpVia] send media to this 'ip:port' instead of the
    *   server's ICE candidates (a UDP proxy such as `meridian netsim`, for testing)
-   * @param {boolean} [options.videoFec] false: refuse video RED/ULPFEC from the server
+   * @param {boolean|string} [options.videoFec] false: refuse all video FEC from the server
+   *   (RED/ULPFEC and FlexFEC); 'ulpfec' or 'flexfec': accept only that form
    * @param {boolean|object[]} [options.simulcast] publish the camera as simulcast:
    *   true for SIMULCAST_ENCODINGS (q/h/f), an array of RTCRtpEncodingParameters
    *   with `rid`s for others, false for one encoding
@@ -443,12 +444,15 @@ export class MeridianClient {
         return f.join(' ');
       });
     }
-    if (this.options.videoFec === false) {
-      // Payload types of red/90000 and ulpfec/90000, and the RTX of red.
+    const refused = { false: ['red', 'ulpfec', 'flexfec-03'], ulpfec: ['flexfec-03'], flexfec: ['red', 'ulpfec'] }[
+      String(this.options.videoFec)
+    ];
+    if (refused) {
+      // Payload types of the refused video FEC formats, and the RTX of red.
       const drop = new Set();
       for (const l of lines) {
-        const m = l.match(/^a=rtpmap:(\d+) (red|ulpfec)\/90000/i);
-        if (m) drop.add(m[1]);
+        const m = l.match(/^a=rtpmap:(\d+) ([\w-]+)\/90000/i);
+        if (m && refused.includes(m[2].toLowerCase())) drop.add(m[1]);
       }
       for (const l of lines) {
         const m = l.match(/^a=fmtp:(\d+) apt=(\d+)/);

@@ -359,6 +359,11 @@ impl FlexfecDecoder {
         }
     }
 
+    /// The media stream this decoder rebuilds.
+    pub fn media_ssrc(&self) -> u32 {
+        self.media_ssrc
+    }
+
     /// Offer a received media packet; it must be from the decoder's stream.
     pub fn handle_media(&mut self, packet: &[u8]) -> Result<MediaStatus, FlexfecError> {
         rtp::check(packet)?;

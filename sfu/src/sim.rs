@@ -39,7 +39,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rt
 use meridian_netsim::{Link, LinkConfig};
 use str0m::rtp::RtpPacket;
 
-use crate::core::fec::{video_fec_pts, FecReceiver, VideoFec};
+use crate::core::fec::{video_fec_pts, FecForm, FecReceiver, FlexfecReceiver, VideoFec};
 
 use crate::core::{
     JoinKind, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output, PeerId,
@@ -82,6 +82,9 @@ pub struct SimConfig {
     pub video_fec: bool,
     /// Clients negotiate RTX for VP8.
     pub client_rtx: bool,
+    /// Clients offer `flexfec-03` (and decode it), as webrtc-rs with its
+    /// FlexFEC receiver or Chrome with its FlexFEC field trial do.
+    pub client_flexfec: bool,
     /// The node estimates subscribers' bandwidth (TWCC) and allocates layers on it.
     pub bwe: bool,
 }
@@ -100,6 +103,7 @@ impl Default for SimConfig {
             audio_red: node.audio_red,
             video_fec: node.video_fec,
             client_rtx: true,
+            client_flexfec: false,
             bwe: node.bwe,
         }
     }
@@ -186,6 +190,9 @@ pub struct SimClient {
     pub red_received: u64,
     /// ULPFEC receivers, per receive m-line.
     fec_rx: std::collections::HashMap<Mid, FecReceiver>,
+    flexfec_rx: std::collections::HashMap<Mid, FlexfecReceiver>,
+    /// FlexFEC repair packets received.
+    pub flexfec_received: u64,
     keyframe_requests: Vec<(Instant, KeyframeRequest)>,
     signals: Vec<(Instant, PeerSignal)>,
     /// Datagrams from this client to the node.
@@ -254,6 +261,66 @@ impl SimClient {
     /// Datagrams its uplink lost (media, RTCP, STUN alike).
     pub fn datagrams_lost_up(&self) -> u64 {
         self.up.stats().lost()
+    }
+
+    /// A FlexFEC repair packet (`repair`), or a media packet of a stream
+    /// FlexFEC protects: decoded (`core::fec::FlexfecReceiver`), and what
+    /// it rebuilds recorded. The media packet itself is the caller's.
+    fn receive_flexfec(
+        &mut self,
+        mid: Mid,
+        kind: MediaKind,
+        pkt: &RtpPacket,
+        repair: bool,
+        now: Instant,
+    ) {
+        use std::collections::hash_map::Entry;
+        let rx = match self.flexfec_rx.entry(mid) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => match FlexfecReceiver::for_mline(&self.rtc, mid) {
+                Some(r) => v.insert(r),
+                None => return,
+            },
+        };
+        let mut out = Vec::new();
+        if repair {
+            self.flexfec_received += 1;
+            rx.on_repair(&pkt.payload, &mut out);
+        } else {
+            rx.on_media(
+                pkt.header_bytes.as_deref(),
+                *pkt.seq_no,
+                &pkt.payload,
+                &mut out,
+            );
+        }
+        let media_ssrc = self
+            .rtc
+            .direct_api()
+            .stream_rx_by_mid(mid, None)
+            .map(|s| s.ssrc());
+        for u in out {
+            if !self.first_time(mid, u.seq, &u.payload) {
+                continue;
+            }
+            self.fec_recovered += 1;
+            if let Some(s) = media_ssrc {
+                if let Some(rx) = self.rtc.direct_api().stream_rx(&s) {
+                    rx.mark_recovered(u.seq.into());
+                }
+            }
+            self.received.push(ReceivedPacket {
+                mid,
+                kind,
+                ssrc: media_ssrc.map_or(0, |s| *s),
+                seq: u.seq,
+                ts: u.ts,
+                pt: u.pt,
+                marker: u.marker,
+                payload: u.payload,
+                at: now,
+            });
+        }
     }
 
     /// Video in RED: unwrapped and ULPFEC-decoded (`core::fec::FecReceiver`),
@@ -668,6 +735,7 @@ impl SimNet {
         let (peer, _participants) = self.node.join(now, req).expect("join");
         // Header bytes as received: ULPFEC recovery needs the packets as sent.
         let mut rtc = crate::core::codec::rtc_config()
+            .enable_flexfec(self.config.client_flexfec)
             .keep_rtp_header_bytes(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
@@ -742,6 +810,8 @@ impl SimNet {
             seq_conflicts: 0,
             red_received: 0,
             fec_rx: Default::default(),
+            flexfec_rx: Default::default(),
+            flexfec_received: 0,
             keyframe_requests: Vec::new(),
             signals: Vec::new(),
             up,
@@ -894,17 +964,26 @@ impl SimNet {
         }
         // Video with FEC: RED-wrapped, its FEC due after the frame.
         let fec_loss = c.video_fec_loss.filter(|_| kind == MediaKind::Video);
+        let flexfec = self.config.client_flexfec;
         if let Some(loss) = fec_loss {
             if out.fec.is_none() {
-                out.fec = VideoFec::for_mline(&c.rtc, mid);
+                // FlexFEC where the client negotiated it (as Chrome with
+                // its FlexFEC field trial sends), else ULPFEC in RED.
+                out.fec = if flexfec {
+                    VideoFec::for_mline(&mut c.rtc, mid)
+                } else {
+                    VideoFec::ulpfec_for_mline(&c.rtc, mid)
+                };
                 if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(mid, rid) {
                     tx.set_tap(true);
                 }
             }
             if let Some(f) = out.fec.as_mut() {
                 f.active = true;
-                body.insert(0, *wire_pt);
-                wire_pt = f.red_pt;
+                if let Some(red_pt) = f.red_pt() {
+                    body.insert(0, *wire_pt);
+                    wire_pt = red_pt;
+                }
                 let n = f.on_media(marker, loss, c.rtt);
                 f.add_job(seq, n, timestamp);
             }
@@ -958,13 +1037,20 @@ impl SimNet {
             return;
         }
         for p in fec {
+            c.fec_sent += 1;
+            let red_pt = match f.form {
+                FecForm::Ulpfec { red_pt, .. } => red_pt,
+                FecForm::Flexfec { pt } => {
+                    tx.write_fec(RtpWrite::new(pt, 0.into(), p.ts, now, p.payload.to_vec()));
+                    continue;
+                }
+            };
             let seq = out.next_seq;
             out.next_seq += 1;
-            c.fec_sent += 1;
             // Not kept for NACKs: by the time a retransmission came, the
             // packets it protects would have been retransmitted themselves.
             tx.write_rtp(
-                RtpWrite::new(f.red_pt, SeqNo::from(seq), p.ts, now, p.payload.to_vec())
+                RtpWrite::new(red_pt, SeqNo::from(seq), p.ts, now, p.payload.to_vec())
                     .nackable(false),
             );
         }
@@ -1245,6 +1331,17 @@ impl SimNet {
                             continue;
                         };
                         let pt = pkt.header.payload_type;
+                        let (fec_repair, fec_protected) = c
+                            .rtc
+                            .direct_api()
+                            .stream_rx(&ssrc)
+                            .map_or((false, false), |s| {
+                                (s.is_fec_repair(), s.is_fec_protected())
+                            });
+                        if fec_repair {
+                            c.receive_flexfec(mid, kind, &pkt, true, now);
+                            continue;
+                        }
                         if video_fec_pts(&c.rtc, mid).is_some_and(|(red, _)| red == pt) {
                             c.receive_video_red(mid, kind, &pkt, now);
                             continue;
@@ -1271,6 +1368,9 @@ impl SimNet {
                         let Some(primary_pt) = red_of else {
                             if c.first_time(mid, seq, &base.payload) {
                                 c.received.push(base);
+                            }
+                            if fec_protected {
+                                c.receive_flexfec(mid, kind, &pkt, false, now);
                             }
                             continue;
                         };

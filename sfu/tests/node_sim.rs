@@ -978,6 +978,70 @@ fn ulpfec_rebuilds_lost_video_packets() {
     );
 }
 
+/// The same with subscribers that negotiated FlexFEC (as webrtc-rs with its
+/// FlexFEC receiver, or Chrome with its field trial): the node sends repair
+/// packets on the FEC SSRC it announced with `a=ssrc-group:FEC-FR`, media
+/// stays plain VP8 on untouched sequence numbers (so even the lossy
+/// subscriber's stream has no gaps but the losses), and the subscriber's
+/// decoder rebuilds lost packets byte for byte.
+#[test]
+fn flexfec_rebuilds_lost_video_packets() {
+    let mut sim = SimNet::new(SimConfig {
+        seed: 13,
+        resend: None,
+        client_flexfec: true,
+        ..SimConfig::default()
+    });
+    let (publisher, subs) = room(&mut sim, 2, false);
+    let (lossy, clean) = (subs[0], subs[1]);
+    let mut cam = Camera::new(publisher, 1, 0, 0);
+    sim.set_downlink_loss(lossy, 0.10);
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_secs(3),
+        |_, _| {},
+    );
+    let from = cam.sent.len();
+    drive(
+        &mut sim,
+        Some(&mut cam),
+        None,
+        Duration::from_secs(10),
+        |_, _| {},
+    );
+    sim.run_for(Duration::from_millis(500));
+    let stats = sim.stats();
+    assert!(stats.fec_packets > 0, "{stats:?}");
+    let c = sim.client(lossy);
+    assert!(c.flexfec_received > 0, "repair packets on the FEC SSRC");
+    assert!(c.fec_recovered > 0, "the subscriber rebuilt packets");
+    assert_eq!(c.red_received, 0, "no RED: FlexFEC leaves media plain");
+    let ratio = video_delivered(&sim, lossy, &cam, cam.sent.len() - from);
+    assert!(
+        ratio > 0.95,
+        "FEC alone brought {:.2} % (10 % lost)",
+        ratio * 100.0
+    );
+    // The lossy subscriber's media numbers: one per media packet, so after
+    // FEC its stream is nearly contiguous, and no number carries FEC.
+    let video = of_kind(&sim, lossy, MediaKind::Video);
+    assert!(
+        video.iter().all(|p| p.pt != 49),
+        "repair packets are not media"
+    );
+    let clean_video = of_kind(&sim, clean, MediaKind::Video);
+    assert_eq!(clean_video.len(), cam.sent.len());
+    assert_contiguous(&clean_video, "clean subscriber");
+    assert_eq!(
+        sim.client(clean).flexfec_received,
+        0,
+        "no FEC to the clean one"
+    );
+    assert_eq!(c.seq_conflicts, 0, "one payload per sequence number");
+}
+
 /// A publisher that sends ULPFEC in RED (as Chrome does for VP8 when it is
 /// negotiated) over an uplink losing 10 %, retransmitting nothing: the node
 /// rebuilds lost packets from the FEC, byte for byte, forwards them in
@@ -1060,6 +1124,73 @@ fn ulpfec_from_the_publisher_recovers_uplink_loss() {
             video.len()
         );
         assert_eq!(sim.client(*s).seq_conflicts, 0);
+    }
+}
+
+/// The same with a publisher that negotiated FlexFEC (as Chrome with its
+/// FlexFEC field trial): its repair packets come on their own SSRC, the
+/// node's FlexFEC decoder rebuilds lost packets byte for byte and forwards
+/// them in their place, and since media keeps its own numbers the
+/// subscribers' streams have no gaps but what the uplink lost and FEC could
+/// not rebuild.
+#[test]
+fn flexfec_from_the_publisher_recovers_uplink_loss() {
+    let run = |fec: bool| {
+        let mut sim = SimNet::new(SimConfig {
+            seed: 16,
+            client_flexfec: true,
+            ..SimConfig::default()
+        });
+        let (publisher, subs) = room(&mut sim, 2, false);
+        sim.client_mut(publisher).retransmits = false;
+        sim.client_mut(publisher).video_fec_loss = fec.then_some(0.10);
+        sim.set_uplink_loss(publisher, 0.10);
+        let mut cam = Camera::new(publisher, 1, 0, 0);
+        drive(
+            &mut sim,
+            Some(&mut cam),
+            None,
+            Duration::from_secs(10),
+            |_, _| {},
+        );
+        sim.run_for(Duration::from_millis(500));
+        (sim, publisher, subs, cam)
+    };
+    let (plain, _, plain_subs, plain_cam) = run(false);
+    let without = video_delivered(&plain, plain_subs[0], &plain_cam, plain_cam.sent.len());
+    let (sim, publisher, subs, cam) = run(true);
+    let stats = sim.stats();
+    eprintln!(
+        "without FEC {:.2} %, publisher sent {} FlexFEC, node rebuilt {}, {:?}",
+        without * 100.0,
+        sim.client(publisher).fec_sent,
+        stats.upstream_fec_recovered,
+        stats.drops
+    );
+    assert!(stats.upstream_fec_recovered > 0, "{stats:?}");
+    assert!(
+        stats.drops.get(DropReason::UpstreamFec) > 0,
+        "repair packets are not forwarded"
+    );
+    for s in &subs {
+        let ratio = video_delivered(&sim, *s, &cam, cam.sent.len());
+        assert!(
+            ratio >= 0.97 && ratio > without + 0.05,
+            "subscriber {s:?}: {:.2} % with the publisher's FlexFEC, {:.2} % without",
+            ratio * 100.0,
+            without * 100.0
+        );
+        let mut video = of_kind(&sim, *s, MediaKind::Video);
+        video.sort_by_key(|p| p.seq);
+        let span = video.last().unwrap().seq - video[0].seq + 1;
+        let missing = cam.sent.len() - video.len();
+        assert!(
+            span as usize <= video.len() + missing,
+            "{span} numbers for {} packets, {missing} missing: no numbers but media's",
+            video.len()
+        );
+        assert_eq!(sim.client(*s).seq_conflicts, 0);
+        assert_eq!(sim.client(*s).red_received, 0, "plain VP8 throughout");
     }
 }
 

@@ -1,13 +1,15 @@
-// Chrome decodes Meridian's video FEC (ULPFEC in RED).
+// Chrome decodes Meridian's video FEC, in both forms: ULPFEC in RED, and
+// FlexFEC-03 (which Chrome 156 negotiates as a receiver by default, and the
+// node prefers where negotiated).
 //
-// Its own `meridian serve --no-nack` (so only FEC can repair video) and two
-// `meridian netsim` proxies losing 10 % of server-to-page datagrams. One
-// publisher page; two subscriber pages, each behind its own proxy: "fec"
-// negotiates red/ulpfec as Chrome does by default, "nofec" refuses them (its
-// SDP munged). After a warm-up, over the same 30 s, both see ~10 % of their
-// packets lost on the wire, and the FEC page decodes several times as many
-// frames per keyframe: without NACK only Chrome's ULPFEC receiver can
-// complete a frame that lost a packet.
+// Its own `meridian serve --no-nack` (so only FEC can repair video) and
+// `meridian netsim` proxies losing 10 % of server-to-page datagrams. For each
+// form, one publisher page and two subscriber pages, each behind its own
+// proxy: "fec" takes only that form (its SDP munged: `fec=ulpfec` or
+// `fec=flexfec`), "nofec" refuses all video FEC (`fec=0`). After a warm-up,
+// over the same 30 s, both see ~10 % of their packets lost on the wire, and
+// the FEC page decodes several times as many frames per keyframe: without
+// NACK only Chrome's FEC receiver can complete a frame that lost a packet.
 //
 // Then the other direction: a publisher page behind a third proxy losing
 // 10 % of its datagrams to the node (30 ms each way), one viewer: Chrome
@@ -22,7 +24,7 @@ import { closePages, launchPage, sleep, spawnMeridian, waitForServer } from './l
 
 const HTTP = '127.0.0.1:18180';
 const UDP_PORT = 18181;
-const PROXIES = { fec: 18182, nofec: 18183 };
+const PROXIES = { fec: 18182, nofec: 18183, flexfec: 18185, noflexfec: 18186 };
 // The second test's publisher uplink: 10 % loss, 30 ms each way.
 const UP_PROXY = 18184;
 const ROOM = 'fec-test';
@@ -55,7 +57,7 @@ async function videoIn(page) {
   return page.evaluate(async () => {
     const pc = window.meridianDemo.client?.pc;
     if (!pc) return null;
-    const sum = { streams: 0, packetsReceived: 0, packetsLost: 0, framesDecoded: 0, framesReceived: 0, keyFramesDecoded: 0, pliCount: 0, framesDropped: 0 };
+    const sum = { streams: 0, packetsReceived: 0, packetsLost: 0, framesDecoded: 0, framesReceived: 0, keyFramesDecoded: 0, pliCount: 0, framesDropped: 0, fecPacketsReceived: 0 };
     for (const s of (await pc.getStats()).values()) {
       if (s.type === 'inbound-rtp' && s.kind === 'video' && s.packetsReceived > 0) {
         sum.streams += 1;
@@ -66,6 +68,7 @@ async function videoIn(page) {
         sum.keyFramesDecoded += s.keyFramesDecoded ?? 0;
         sum.pliCount += s.pliCount ?? 0;
         sum.framesDropped += s.framesDropped ?? 0;
+        sum.fecPacketsReceived += s.fecPacketsReceived ?? 0;
       }
     }
     return sum;
@@ -96,14 +99,19 @@ after(async () => {
   for (const child of children) child.kill('SIGTERM');
 });
 
-test('Chrome recovers lost video packets from Meridian\'s ULPFEC', { timeout: 120_000 }, async () => {
+/**
+ * Chrome with only `form` ('ulpfec' or 'flexfec') of FEC against Chrome with
+ * none, both behind 10 % loss, in `room`, through proxies `proxies`.
+ */
+async function fecAgainstNone(form, room, proxies) {
   // One encoding: both viewers must receive the same stream for their frame
   // counts to compare (simulcast could give them different layers, and a
   // one-packet frame survives loss far more often).
-  await open('pub', '&video=640x360&simulcast=0');
+  await open(`pub-${form}`, '&video=640x360&simulcast=0', room);
+  const fecBefore = await metric('meridian_fec_packets_total');
   const pages = {
-    fec: await open('fec', `&publish=0&via=127.0.0.1:${PROXIES.fec}`),
-    nofec: await open('nofec', `&publish=0&via=127.0.0.1:${PROXIES.nofec}&fec=0`),
+    fec: await open(form, `&publish=0&via=127.0.0.1:${proxies[0]}&fec=${form}`, room),
+    nofec: await open(`no${form}`, `&publish=0&via=127.0.0.1:${proxies[1]}&fec=0`, room),
   };
   // Wait for video at the FEC page and for packets at the other: without NACK
   // or FEC a 10 % loss can keep the baseline from decoding anything for a
@@ -124,9 +132,13 @@ test('Chrome recovers lost video packets from Meridian\'s ULPFEC', { timeout: 12
     fec: diff(before.fec, await videoIn(pages.fec)),
     nofec: diff(before.nofec, await videoIn(pages.nofec)),
   };
-  const fecSent = await metric('meridian_fec_packets_total');
-  console.log(`FEC packets sent: ${fecSent}; over ${WINDOW_MS / 1000} s: ${JSON.stringify(d)}`);
+  const fecSent = (await metric('meridian_fec_packets_total')) - fecBefore;
+  console.log(`${form}: FEC packets sent: ${fecSent}; over ${WINDOW_MS / 1000} s: ${JSON.stringify(d)}`);
   assert.ok(fecSent > 100, 'the node sent FEC to the page that negotiated it');
+  if (form === 'flexfec') {
+    // Chrome counts FlexFEC packets (on their own SSRC) in inbound-rtp; not ULPFEC.
+    assert.ok(d.fec.fecPacketsReceived > 100, `Chrome received FlexFEC: ${JSON.stringify(d.fec)}`);
+  }
   // Both pages lose ~10 % of their packets on the wire (Chrome's packetsLost
   // counts wire losses)...
   for (const name of ['fec', 'nofec']) {
@@ -143,13 +155,20 @@ test('Chrome recovers lost video packets from Meridian\'s ULPFEC', { timeout: 12
   const run = (s) => s.framesDecoded / Math.max(1, s.keyFramesDecoded);
   assert.ok(
     run(d.fec) > 2 * run(d.nofec) && d.fec.framesDecoded > d.nofec.framesDecoded,
-    `frames decoded per keyframe with FEC ${run(d.fec).toFixed(1)}, without ${run(d.nofec).toFixed(1)}`,
+    `${form}: frames decoded per keyframe with FEC ${run(d.fec).toFixed(1)}, without ${run(d.nofec).toFixed(1)}`,
   );
+  await closePages(opened.splice(0));
+}
+
+test('Chrome recovers lost video packets from Meridian\'s ULPFEC', { timeout: 120_000 }, async () => {
+  await fecAgainstNone('ulpfec', `${ROOM}-ulpfec`, [PROXIES.fec, PROXIES.nofec]);
+});
+
+test('Chrome recovers lost video packets from Meridian\'s FlexFEC', { timeout: 120_000 }, async () => {
+  await fecAgainstNone('flexfec', `${ROOM}-flexfec`, [PROXIES.flexfec, PROXIES.noflexfec]);
 });
 
 test('the node rebuilds a Chrome publisher\'s lost packets from its ULPFEC', { timeout: 120_000 }, async () => {
-  // The first test's pages are done: free the CPU for these.
-  await closePages(opened.splice(0));
   // Chrome protects VP8 with ULPFEC when it is negotiated and NACK is not
   // (with NACK too, it adds FEC only above 20 ms RTT): its rate follows the
   // loss the node's receiver reports show, ~10 % here.

@@ -1,5 +1,12 @@
-//! Video FEC towards one subscriber: ULPFEC (RFC 5109) in RED (RFC 2198), the
-//! form Chrome decodes without any setting.
+//! Video FEC towards one subscriber, in one of two forms: FlexFEC draft-03
+//! (`flexfec-03`, what libwebrtc with its FlexFEC field trial and webrtc-rs
+//! decode) where the subscriber negotiated it, else ULPFEC (RFC 5109) in RED
+//! (RFC 2198), the form Chrome decodes without any setting.
+//!
+//! FlexFEC packets are a stream of their own (the FEC SSRC str0m announces
+//! with `a=ssrc-group:FEC-FR`, str0m patch `flexfec`), so media goes
+//! unwrapped and the media sequence numbers are untouched; what follows about
+//! RED and reserved numbers is ULPFEC's. Both protect the same bytes.
 //!
 //! While a subscriber's link loses packets (its `LossEstimate` at or above
 //! [`FEC_FROM_LOSS`]) and it negotiated `red/90000` + `ulpfec/90000`, every
@@ -21,6 +28,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_fec::flexfec::{FlexfecDecoder, FlexfecEncoder};
 use meridian_fec::ulpfec::{UlpfecDecoder, UlpfecEncoder};
 use meridian_fec::{fec_count, red, zero_extensions, MaskKind};
 use str0m::media::Pt;
@@ -82,8 +90,25 @@ fn mask_kind(media: usize, count: usize, loss: f32) -> MaskKind {
     }
 }
 
-/// One FEC packet to write (the caller reserves its sequence number):
-/// its timestamp and RED payload.
+/// The form of a subscriber's video FEC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FecForm {
+    /// ULPFEC in RED: media goes RED-wrapped, FEC packets ride the media
+    /// SSRC on the RED payload type.
+    Ulpfec { red_pt: Pt, ulpfec_pt: Pt },
+    /// FlexFEC-03: media goes as is, repair packets on the FEC SSRC.
+    Flexfec { pt: Pt },
+}
+
+#[derive(Debug)]
+enum Encoder {
+    Ulpfec(UlpfecEncoder),
+    Flexfec(FlexfecEncoder),
+}
+
+/// One FEC packet to write: its timestamp and payload (ULPFEC: the RED
+/// payload, for a number the caller reserves; FlexFEC: the repair header and
+/// payload, numbered by str0m on the FEC SSRC).
 #[derive(Debug)]
 pub struct FecPacket {
     pub ts: u32,
@@ -93,15 +118,14 @@ pub struct FecPacket {
 /// The video FEC state of one subscriber stream.
 #[derive(Debug)]
 pub struct VideoFec {
-    pub red_pt: Pt,
-    pub ulpfec_pt: Pt,
+    pub form: FecForm,
     /// Header extension ids to zero (transport-cc, abs-send-time).
     zero_ids: Vec<u8>,
     pub active: bool,
     /// Most FEC packets per media packet the subscriber's bandwidth leaves
     /// room for (set by the allocation; 0: none).
     pub max_rate: f64,
-    encoder: UlpfecEncoder,
+    encoder: Encoder,
     jobs: VecDeque<Job>,
     group_len: usize,
     scratch: Vec<Vec<u8>>,
@@ -112,14 +136,22 @@ pub struct VideoFec {
 }
 
 impl VideoFec {
-    pub fn new(red_pt: Pt, ulpfec_pt: Pt, zero_ids: Vec<u8>) -> Self {
+    pub fn new(form: FecForm, zero_ids: Vec<u8>) -> Self {
+        let encoder = match form {
+            FecForm::Ulpfec { .. } => Encoder::Ulpfec(UlpfecEncoder::new()),
+            // str0m numbers and addresses repair packets; the encoder's own
+            // header fields are dropped (`on_tapped`).
+            FecForm::Flexfec { pt } => match FlexfecEncoder::new(*pt, 0, 0) {
+                Ok(e) => Encoder::Flexfec(e),
+                Err(_) => Encoder::Ulpfec(UlpfecEncoder::new()),
+            },
+        };
         VideoFec {
-            red_pt,
-            ulpfec_pt,
+            form,
             zero_ids,
             active: false,
             max_rate: MAX_PROTECTION,
-            encoder: UlpfecEncoder::new(),
+            encoder,
             jobs: VecDeque::new(),
             group_len: 0,
             scratch: Vec::new(),
@@ -140,14 +172,25 @@ impl VideoFec {
         let changed = active != self.active;
         self.active = active;
         if changed {
-            self.encoder.clear();
+            match &mut self.encoder {
+                Encoder::Ulpfec(e) => e.clear(),
+                Encoder::Flexfec(e) => e.clear(),
+            }
             self.jobs.clear();
             self.group_len = 0;
         }
         changed
     }
 
-    /// A RED-wrapped media packet went out. At a frame's end (or a full
+    /// The RED payload type media goes in, if this form wraps media.
+    pub fn red_pt(&self) -> Option<Pt> {
+        match self.form {
+            FecForm::Ulpfec { red_pt, .. } => Some(red_pt),
+            FecForm::Flexfec { .. } => None,
+        }
+    }
+
+    /// A protected media packet went out. At a frame's end (or a full
     /// group) returns how many FEC packets to reserve after it, and their
     /// mask layout.
     pub fn on_media(&mut self, marker: bool, loss: f32, rtt: Duration) -> (usize, MaskKind) {
@@ -186,21 +229,35 @@ impl VideoFec {
 
     /// One packet as str0m serialized it. Media is added to the current
     /// group; when it ends a job's frame, that job's FEC packets go to `out`.
-    pub fn on_tapped(&mut self, mut bytes: Vec<u8>, out: &mut Vec<FecPacket>) {
-        let Ok(inner) = red::unwrap_packet(&bytes, &mut self.plain) else {
+    pub fn on_tapped(&mut self, bytes: Vec<u8>, out: &mut Vec<FecPacket>) {
+        if bytes.len() < 12 {
             return;
-        };
-        if inner == *self.ulpfec_pt || bytes.len() < 12 {
-            return; // our own FEC packet, or not RED-wrapped media
+        }
+        match self.form {
+            FecForm::Ulpfec { ulpfec_pt, .. } => {
+                let Ok(inner) = red::unwrap_packet(&bytes, &mut self.plain) else {
+                    return; // not RED-wrapped media
+                };
+                if inner == *ulpfec_pt {
+                    return; // our own FEC packet
+                }
+            }
+            FecForm::Flexfec { .. } => {
+                self.plain.clear();
+                self.plain.extend_from_slice(&bytes);
+            }
         }
         let seq = u16::from_be_bytes([bytes[2], bytes[3]]);
-        bytes.clear();
+        drop(bytes);
         if zero_extensions(&mut self.plain, &self.zero_ids).is_err() {
             return;
         }
         // A packet the group cannot take (sent late, out of order, or past
         // the mask's span) is left unprotected; the group goes on.
-        let _ = self.encoder.add_media(&self.plain);
+        let _ = match &mut self.encoder {
+            Encoder::Ulpfec(e) => e.add_media(&self.plain).is_ok(),
+            Encoder::Flexfec(e) => e.add_media(&self.plain).is_ok(),
+        };
         // Jobs whose frame went by without us seeing its end are dropped.
         while let Some(job) = self.jobs.front().copied() {
             let behind = job.last_seq.wrapping_sub(seq) as i16;
@@ -211,19 +268,30 @@ impl VideoFec {
             if behind < 0 {
                 continue;
             }
-            let made = self
-                .encoder
-                .generate(job.count, job.kind, &mut self.scratch);
+            let made = match &mut self.encoder {
+                Encoder::Ulpfec(e) => e.generate(job.count, job.kind, &mut self.scratch),
+                Encoder::Flexfec(e) => e.generate(job.count, job.kind, &mut self.scratch),
+            };
             for fec in self.scratch.iter().take(made) {
-                let mut payload = Vec::with_capacity(fec.len() + 1);
-                // RED with one (primary) block: the ULPFEC payload type.
-                payload.push(*self.ulpfec_pt);
-                payload.extend_from_slice(fec);
+                let payload: Arc<[u8]> = match self.form {
+                    FecForm::Ulpfec { ulpfec_pt, .. } => {
+                        // RED with one (primary) block: the ULPFEC payload type.
+                        let mut p = Vec::with_capacity(fec.len() + 1);
+                        p.push(*ulpfec_pt);
+                        p.extend_from_slice(fec);
+                        p.into()
+                    }
+                    // A whole RTP packet: str0m writes its own header.
+                    FecForm::Flexfec { .. } => match fec.get(12..) {
+                        Some(p) => p.into(),
+                        None => continue,
+                    },
+                };
                 self.fec_bytes += payload.len() as u64;
                 self.fec_packets += 1;
                 out.push(FecPacket {
                     ts: job.ts,
-                    payload: payload.into(),
+                    payload,
                 });
             }
             return;
@@ -330,12 +398,138 @@ impl FecReceiver {
     }
 }
 
+/// The receiving side of FlexFEC for Meridian's own clients, per m-line:
+/// the protected stream's media packets (as received, header included) and
+/// the repair packets go to a draft-03 decoder (with the extensions the
+/// sender zeroed, zeroed), and what it rebuilds comes out.
+#[derive(Debug)]
+pub struct FlexfecReceiver {
+    zero_ids: Vec<u8>,
+    decoder: Option<FlexfecDecoder>,
+    /// Extended sequence number of the newest media packet seen.
+    newest: Option<u64>,
+    full: Vec<u8>,
+    rebuilt: Vec<u8>,
+}
+
+impl FlexfecReceiver {
+    pub fn new(zero_ids: Vec<u8>) -> Self {
+        FlexfecReceiver {
+            zero_ids,
+            decoder: None,
+            newest: None,
+            full: Vec::new(),
+            rebuilt: Vec::new(),
+        }
+    }
+
+    /// For a received video m-line that negotiated `flexfec-03`.
+    pub fn for_mline(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<Self> {
+        flexfec_pt(rtc, mid)?;
+        Some(FlexfecReceiver::new(mutable_extension_ids(rtc, mid)))
+    }
+
+    /// The decoder for `media_ssrc`, a new one if the m-line's stream changed.
+    fn decoder(&mut self, media_ssrc: u32) -> &mut FlexfecDecoder {
+        if self
+            .decoder
+            .as_ref()
+            .is_some_and(|d| d.media_ssrc() != media_ssrc)
+        {
+            self.decoder = None;
+            self.newest = None;
+        }
+        self.decoder
+            .get_or_insert_with(|| FlexfecDecoder::new(media_ssrc))
+    }
+
+    /// A media packet of the protected stream: `header` as received (`None`
+    /// for a packet repaired from RTX, which is not decoded), `seq` its
+    /// extended sequence number.
+    pub fn on_media(
+        &mut self,
+        header: Option<&[u8]>,
+        seq: u64,
+        payload: &[u8],
+        out: &mut Vec<Unwrapped>,
+    ) {
+        let Some(header) = header.filter(|h| h.len() >= 12) else {
+            return;
+        };
+        let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        self.decoder(ssrc);
+        self.newest = Some(self.newest.map_or(seq, |n| n.max(seq)));
+        self.full.clear();
+        self.full.extend_from_slice(header);
+        self.full.extend_from_slice(payload);
+        if zero_extensions(&mut self.full, &self.zero_ids).is_ok() {
+            let full = std::mem::take(&mut self.full);
+            let _ = self.decoder(ssrc).handle_media(&full);
+            self.full = full;
+        }
+        self.drain(out);
+    }
+
+    /// A repair packet from the FEC SSRC: its payload (FlexFEC header and
+    /// repair bytes).
+    pub fn on_repair(&mut self, payload: &[u8], out: &mut Vec<Unwrapped>) {
+        let Ok(header) = meridian_fec::flexfec::FlexfecHeader::parse(payload) else {
+            return;
+        };
+        let current = self.decoder.as_ref().map(|d| d.media_ssrc());
+        if self.newest.is_some() && current != Some(header.protected_ssrc) {
+            return; // protects a stream this m-line no longer receives
+        }
+        self.full.clear();
+        self.full
+            .extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        self.full.extend_from_slice(payload);
+        let full = std::mem::take(&mut self.full);
+        let _ = self.decoder(header.protected_ssrc).handle_repair(&full);
+        self.full = full;
+        self.drain(out);
+    }
+
+    fn drain(&mut self, out: &mut Vec<Unwrapped>) {
+        let (Some(d), Some(newest)) = (self.decoder.as_mut(), self.newest) else {
+            return;
+        };
+        while let Some(rseq) = d.poll_recovered(&mut self.rebuilt) {
+            let Ok(range) = meridian_fec::payload_range(&self.rebuilt) else {
+                continue;
+            };
+            let b = &self.rebuilt;
+            // Extend the 16-bit number next to the newest media packet's.
+            let delta = rseq.wrapping_sub(newest as u16) as i16;
+            let Some(rseq) = newest.checked_add_signed(i64::from(delta)) else {
+                continue;
+            };
+            out.push(Unwrapped {
+                seq: rseq,
+                ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                pt: b[1] & 0x7f,
+                marker: b[1] & 0x80 != 0,
+                payload: Arc::from(&b[range]),
+                recovered: true,
+            });
+        }
+    }
+}
+
 impl VideoFec {
     /// For a subscriber's video m-line, if it negotiated `red/90000` and
     /// `ulpfec/90000`.
-    pub fn for_mline(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<Self> {
-        let (red, ulpfec) = video_fec_pts(rtc, mid)?;
-        Some(VideoFec::new(red, ulpfec, mutable_extension_ids(rtc, mid)))
+    pub fn for_mline(rtc: &mut str0m::Rtc, mid: str0m::media::Mid) -> Option<Self> {
+        let form = fec_form(rtc, mid)?;
+        Some(VideoFec::new(form, mutable_extension_ids(rtc, mid)))
+    }
+
+    /// ULPFEC in RED on `mid`, if negotiated, whatever else is: what a
+    /// publisher such as Chrome sends.
+    pub fn ulpfec_for_mline(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<Self> {
+        let (red_pt, ulpfec_pt) = video_fec_pts(rtc, mid)?;
+        let form = FecForm::Ulpfec { red_pt, ulpfec_pt };
+        Some(VideoFec::new(form, mutable_extension_ids(rtc, mid)))
     }
 }
 
@@ -366,7 +560,33 @@ fn mutable_extension_ids(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Vec<u8> {
     .collect()
 }
 
-/// The video RED and ULPFEC payload types `rtc` negotiated on `mid`.
+/// The FEC `rtc` sends on `mid`: FlexFEC where it is negotiated and the
+/// send stream has a FEC SSRC, else ULPFEC in RED where negotiated.
+pub fn fec_form(rtc: &mut str0m::Rtc, mid: str0m::media::Mid) -> Option<FecForm> {
+    if let Some(pt) = flexfec_pt(rtc, mid) {
+        let has_ssrc = rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, None)
+            .is_some_and(|tx| tx.fec().is_some());
+        if has_ssrc {
+            return Some(FecForm::Flexfec { pt });
+        }
+    }
+    let (red_pt, ulpfec_pt) = video_fec_pts(rtc, mid)?;
+    Some(FecForm::Ulpfec { red_pt, ulpfec_pt })
+}
+
+/// The `flexfec-03` payload type `rtc` negotiated on `mid`.
+pub fn flexfec_pt(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<Pt> {
+    let media = rtc.media(mid)?;
+    rtc.codec_config()
+        .params()
+        .iter()
+        .find(|p| p.is_flexfec())
+        .map(|p| p.pt())
+        .filter(|pt| media.remote_pts().contains(pt))
+}
+
 /// The ULPFEC receiver of `mid` in `receivers`, made on its first RED
 /// packet; `None` when the m-line negotiated no ULPFEC.
 pub fn receiver_for<'a>(
@@ -382,6 +602,7 @@ pub fn receiver_for<'a>(
     }
 }
 
+/// The video RED and ULPFEC payload types `rtc` negotiated on `mid`.
 pub fn video_fec_pts(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<(Pt, Pt)> {
     let media = rtc.media(mid)?;
     let negotiated = |codec: str0m::format::Codec| {
@@ -401,6 +622,88 @@ pub fn video_fec_pts(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<(Pt, Pt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Offer (sender, with `sender_flexfec`) and answer (receiver) of one
+    /// video m-line; returns both and the offer's text.
+    fn negotiate(
+        receiver_flexfec: bool,
+    ) -> (str0m::Rtc, str0m::Rtc, str0m::media::Mid, String, String) {
+        use str0m::media::{Direction, MediaKind};
+        let now = std::time::Instant::now();
+        let config = |f| crate::core::codec::rtc_config().enable_flexfec(f);
+        let mut tx = config(true).build(now);
+        let mut rx = config(receiver_flexfec).build(now);
+        let mut api = tx.sdp_api();
+        let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+        let (offer, pending) = api.apply().expect("offer");
+        let offer_text = offer.to_sdp_string();
+        let answer = rx.sdp_api().accept_offer(offer).expect("answer");
+        let answer_text = answer.to_sdp_string();
+        tx.sdp_api().accept_answer(pending, answer).expect("accept");
+        (tx, rx, mid, offer_text, answer_text)
+    }
+
+    fn fec_fr(sdp: &str) -> Option<(u32, u32)> {
+        let line = sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("a=ssrc-group:FEC-FR "))?;
+        let mut it = line.split(' ').map(|v| v.trim().parse::<u32>().ok());
+        Some((it.next()??, it.next()??))
+    }
+
+    /// str0m patch `flexfec`: the sender announces a FEC SSRC grouped with
+    /// its media SSRC (with its cname); the receiver that negotiated
+    /// flexfec-03 sets up a repair stream that is never taken for the
+    /// media stream; the sender then protects with FlexFEC.
+    #[test]
+    fn flexfec_negotiation_announces_a_fec_ssrc() {
+        let (mut tx, mut rx, mid, offer, answer) = negotiate(true);
+        assert!(offer.contains("flexfec-03/90000"), "{offer}");
+        assert!(offer.contains("repair-window=10000000"), "{offer}");
+        let (media, fec) = fec_fr(&offer).expect("a=ssrc-group:FEC-FR in the offer");
+        assert!(offer.contains(&format!("a=ssrc:{fec} cname:")), "{offer}");
+        assert!(answer.contains("flexfec-03/90000"), "{answer}");
+        assert!(
+            fec_fr(&answer).is_none(),
+            "the receiver sends nothing: {answer}"
+        );
+
+        let mut api = rx.direct_api();
+        let repair = api.stream_rx(&fec.into()).expect("repair stream");
+        assert!(repair.is_fec_repair());
+        let media_rx = api.stream_rx_by_mid(mid, None).expect("media stream");
+        assert_eq!(*media_rx.ssrc(), media);
+        assert!(media_rx.is_fec_protected());
+
+        let sent_fec = tx
+            .direct_api()
+            .stream_tx_by_mid(mid, None)
+            .and_then(|s| s.fec());
+        assert_eq!(sent_fec.map(|s| *s), Some(fec));
+        assert_eq!(
+            fec_form(&mut tx, mid),
+            Some(FecForm::Flexfec {
+                pt: flexfec_pt(&tx, mid).expect("negotiated")
+            })
+        );
+    }
+
+    /// Towards a receiver without flexfec-03 (Chrome by default): no FEC-FR
+    /// group in later offers, and ULPFEC in RED.
+    #[test]
+    fn without_flexfec_the_sender_uses_ulpfec() {
+        let (mut tx, _rx, mid, _, answer) = negotiate(false);
+        assert!(!answer.contains("flexfec"), "{answer}");
+        assert!(matches!(
+            fec_form(&mut tx, mid),
+            Some(FecForm::Ulpfec { .. })
+        ));
+        let mut api = tx.sdp_api();
+        api.add_channel("chat".into());
+        let (offer, _) = api.apply().expect("offer");
+        let offer = offer.to_sdp_string();
+        assert!(fec_fr(&offer).is_none(), "{offer}");
+    }
 
     #[test]
     fn overlapping_masks_where_they_recover_more() {

@@ -9,7 +9,7 @@ use str0m::format::PayloadParams;
 use str0m::media::{MediaKind, Mid, Pt};
 use str0m::Rtc;
 
-use super::fec::{FecReceiver, VideoFec};
+use super::fec::{FecReceiver, FlexfecReceiver, VideoFec};
 use super::forward::Forwarder;
 use super::history::Sequencer;
 use super::ids::{PeerId, RoomId, TrackId};
@@ -40,6 +40,9 @@ pub(crate) struct Published {
     /// ULPFEC decoders of the publisher's video, one per SSRC (simulcast
     /// layer), made on its first RED packet.
     pub fec_rx: Vec<(u32, FecReceiver)>,
+    /// The FlexFEC decoder of the m-line's video (FlexFEC is not used with
+    /// simulcast), made on its first protected or repair packet.
+    pub flexfec_rx: Option<FlexfecReceiver>,
 }
 
 /// Most ULPFEC decoders one published m-line keeps (one per simulcast layer).
@@ -53,6 +56,7 @@ impl Published {
             params: None,
             inner_params: None,
             fec_rx: Vec::new(),
+            flexfec_rx: None,
         }
     }
 
@@ -65,6 +69,14 @@ impl Published {
     /// [`Published::params_of`] for the payload type inside video RED.
     pub fn inner_params_of(&mut self, pt: Pt, rtc: &Rtc) -> Option<PayloadParams> {
         cached_params(&mut self.inner_params, pt, rtc)
+    }
+
+    /// The FlexFEC decoder of the m-line, if it negotiated FlexFEC.
+    pub fn flexfec_receiver(&mut self, rtc: &Rtc) -> Option<&mut FlexfecReceiver> {
+        if self.flexfec_rx.is_none() {
+            self.flexfec_rx = FlexfecReceiver::for_mline(rtc, self.mid);
+        }
+        self.flexfec_rx.as_mut()
     }
 
     /// The ULPFEC decoder of the video on `ssrc`, if the m-line negotiated

@@ -332,6 +332,13 @@ impl RtcConfig {
         self
     }
 
+    /// MERIDIAN PATCH (flexfec): negotiate `flexfec-03/90000` in video
+    /// m-lines. See `CodecConfig::enable_flexfec`.
+    pub fn enable_flexfec(mut self, enabled: bool) -> Self {
+        self.codec_config.enable_flexfec(enabled);
+        self
+    }
+
     /// Enable H264 video codec.
     ///
     /// Enabled by default.

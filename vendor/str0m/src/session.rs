@@ -616,6 +616,12 @@ impl Session {
             return;
         };
 
+        // MERIDIAN PATCH (flexfec): a FlexFEC repair stream is known only from
+        // its a=ssrc-group:FEC-FR; bound by MID it would take the media's place.
+        if payload.is_flexfec() {
+            return;
+        }
+
         if let Some(rid) = rid {
             // Case A - use the rid_repair header to identify RTX.
             let is_main = header.ext_vals.rid.is_some();
@@ -878,12 +884,14 @@ impl Session {
         let payload: Arc<[u8]> = Arc::from(data);
 
         let header_len = header.header_len;
+        let fec_protected = stream.is_fec_protected();
         let mut packet = stream.handle_rtp(now, header, payload, seq_no, receipt.time, rx_bytes);
 
         // MERIDIAN PATCH (rx-header-bytes)
-        // Only video in RED needs it (a ULPFEC receiver rebuilds packets as sent);
-        // other packets pay no copy.
-        let keep = self.keep_rtp_header_bytes && params.is_video_fec();
+        // Only video in RED, and media a FlexFEC stream protects, need it (a FEC
+        // receiver rebuilds packets as sent); other packets pay no copy.
+        let keep = self.keep_rtp_header_bytes
+            && (params.is_video_fec() || params.is_flexfec() || fec_protected);
         if self.rtp_mode && keep && !is_repair && header_len <= buf.len() {
             packet.header_bytes = Some(Arc::from(&buf[..header_len]));
         }

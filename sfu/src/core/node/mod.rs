@@ -23,7 +23,7 @@ use tracing::{debug, trace, warn};
 
 use super::codec::{is_keyframe, CodecKind};
 use super::demux::{Demux, DemuxMiss};
-use super::fec::{FecPacket, Unwrapped, VideoFec};
+use super::fec::{FecForm, FecPacket, Unwrapped, VideoFec};
 use super::forward::{Decision, Forwarder, FwdPacket};
 use super::history::{
     HistPacket, ResendOutcome, ResendPolicy, SentPacket, Sequencer, SEQUENCER_PACKETS,
@@ -97,8 +97,10 @@ pub struct NodeConfig {
     /// they negotiated it).
     pub audio_red: bool,
     /// Video to subscribers whose links lose packets is protected with
-    /// ULPFEC in RED (when they negotiated it).
+    /// FlexFEC or ULPFEC in RED (whichever they negotiated; FlexFEC first).
     pub video_fec: bool,
+    /// Offer `flexfec-03` (with `video_fec`); off, only ULPFEC is offered.
+    pub flexfec: bool,
     /// Estimate each subscriber's downlink (TWCC, str0m's BWE) and choose
     /// layers with it; off, only REMB and tile sizes limit layers. The
     /// estimate steers the allocator, not the pacer: see [`PACER_QUEUE_LIMIT`].
@@ -115,6 +117,7 @@ impl NodeConfig {
             resend: Some(ResendPolicy::default()),
             audio_red: true,
             video_fec: true,
+            flexfec: true,
             bwe: true,
         }
     }
@@ -385,9 +388,10 @@ pub const PACER_QUEUE_LIMIT: Duration = Duration::from_millis(20);
 /// 50–100 ms plus a round trip.
 const TWCC_SEND_RECORDS: usize = 511;
 
-fn rtc_config(bwe: bool) -> RtcConfig {
+fn rtc_config(bwe: bool, flexfec: bool) -> RtcConfig {
     let initial = Bitrate::bps(selection::INITIAL_ESTIMATE_BPS);
     super::codec::rtc_config()
+        .enable_flexfec(flexfec)
         .set_ice_lite(true)
         .set_stats_interval(Some(STATS_INTERVAL))
         .enable_bwe(bwe.then_some(initial))
@@ -554,8 +558,11 @@ impl Node {
 
         let id = PeerId(self.next_peer);
         self.next_peer += 1;
-        let mut config =
-            rtc_config(self.config.bwe).set_crypto_provider(super::dtls::crypto_provider());
+        let mut config = rtc_config(
+            self.config.bwe,
+            self.config.video_fec && self.config.flexfec,
+        )
+        .set_crypto_provider(super::dtls::crypto_provider());
         if let Some(cert) = &self.dtls_cert {
             config = config.set_dtls_cert(cert.clone());
         }
@@ -1180,6 +1187,19 @@ impl Node {
             if scratch.is_empty() {
                 continue;
             }
+            let red_pt = match f.form {
+                FecForm::Ulpfec { red_pt, .. } => red_pt,
+                FecForm::Flexfec { pt } => {
+                    // Own SSRC and numbers: nothing to reserve.
+                    for p in scratch.drain(..) {
+                        stats.fec_packets += 1;
+                        stats.fec_bytes += p.payload.len() as u64;
+                        let write = RtpWrite::new(pt, 0.into(), p.ts, now, p.payload);
+                        wrote |= tx.write_fec(write);
+                    }
+                    continue;
+                }
+            };
             // Numbers for exactly the packets made, after the highest sent.
             let Some(first) = out.fwd.reserve(scratch.len() as u64) else {
                 scratch.clear();
@@ -1193,7 +1213,7 @@ impl Node {
                 stats.fec_packets += 1;
                 stats.fec_bytes += p.payload.len() as u64;
                 tx.write_rtp(
-                    RtpWrite::new(f.red_pt, seq.into(), p.ts, now, p.payload).nackable(false),
+                    RtpWrite::new(red_pt, seq.into(), p.ts, now, p.payload).nackable(false),
                 );
                 wrote = true;
             }
@@ -1502,11 +1522,11 @@ impl Node {
             return;
         };
         let ssrc = pkt.header.ssrc;
-        let Some((mid, rid)) = publisher
+        let Some((mid, rid, fec_repair, fec_protected)) = publisher
             .rtc
             .direct_api()
             .stream_rx(&ssrc)
-            .map(|s| (s.mid(), s.rid()))
+            .map(|s| (s.mid(), s.rid(), s.is_fec_repair(), s.is_fec_protected()))
         else {
             self.stats.drops.add(DropReason::NoTrack);
             return;
@@ -1542,6 +1562,47 @@ impl Node {
             ext,
             arrival: pkt.timestamp,
         };
+        // FlexFEC (str0m patch `flexfec`): repair packets on their own SSRC
+        // go to the m-line's decoder, not to subscribers; media of the
+        // stream they protect goes to both.
+        if fec_repair || fec_protected {
+            let media_ssrc = if fec_repair {
+                let api = &mut publisher.rtc.direct_api();
+                match api.stream_rx_by_mid(mid, None) {
+                    Some(s) => s.ssrc(),
+                    None => {
+                        self.stats.drops.add(DropReason::UpstreamFec);
+                        return;
+                    }
+                }
+            } else {
+                ssrc
+            };
+            let mut units = std::mem::take(&mut self.unwrapped);
+            units.clear();
+            if let Some(rx) = published.flexfec_receiver(&publisher.rtc) {
+                if fec_repair {
+                    rx.on_repair(&pkt.payload, &mut units);
+                } else {
+                    rx.on_media(
+                        pkt.header_bytes.as_deref(),
+                        ingress.seq,
+                        &pkt.payload,
+                        &mut units,
+                    );
+                }
+            }
+            if fec_repair {
+                self.stats.drops.add(DropReason::UpstreamFec);
+                ingress.ssrc = media_ssrc;
+            } else {
+                self.forward_media(from, ingress.clone());
+            }
+            let carrier = (pkt.header.timestamp, pkt.time.numer());
+            self.forward_units(from, mid, ingress, carrier, &mut units);
+            self.unwrapped = units;
+            return;
+        }
         if !params.is_video_fec() {
             self.forward_media(from, ingress);
             return;
@@ -1584,6 +1645,25 @@ impl Node {
         if inner_params.is_video_fec() {
             self.skip_upstream_fec(from, mid, *ssrc, ingress.seq);
         }
+        let carrier = (pkt.header.timestamp, pkt.time.numer());
+        self.forward_units(from, mid, ingress, carrier, &mut units);
+        self.unwrapped = units;
+    }
+
+    /// Forwards what came out of a publisher's RED or FEC (`units`), in
+    /// the place of `ingress` (the packet that carried them, its media
+    /// SSRC, track and layer): primaries as they are, rebuilt packets once
+    /// str0m agrees they were missing (then neither NACKed nor taken again
+    /// from a retransmission). `carrier` is the carrier's RTP timestamp and
+    /// its extended form, to extend theirs.
+    fn forward_units(
+        &mut self,
+        from: PeerId,
+        mid: Mid,
+        mut ingress: Ingress,
+        carrier: (u32, u64),
+        units: &mut Vec<Unwrapped>,
+    ) {
         for u in units.drain(..) {
             let Some(publisher) = self.peers.get_mut(&from) else {
                 break;
@@ -1602,7 +1682,7 @@ impl Node {
                 let missing = publisher
                     .rtc
                     .direct_api()
-                    .stream_rx(&ssrc)
+                    .stream_rx(&ingress.ssrc)
                     .is_some_and(|rx| rx.mark_recovered(u.seq.into()));
                 if !missing {
                     continue;
@@ -1610,8 +1690,8 @@ impl Node {
                 self.stats.upstream_fec_recovered += 1;
             }
             // The 32-bit timestamp, extended next to the carrier's.
-            let delta = i64::from(u.ts.wrapping_sub(pkt.header.timestamp) as i32);
-            let Some(ts) = pkt.time.numer().checked_add_signed(delta) else {
+            let delta = i64::from(u.ts.wrapping_sub(carrier.0) as i32);
+            let Some(ts) = carrier.1.checked_add_signed(delta) else {
                 continue;
             };
             ingress.seq = u.seq;
@@ -1627,7 +1707,6 @@ impl Node {
             }
             self.forward_media(from, ingress.clone());
         }
-        self.unwrapped = units;
     }
 
     /// Fans one media packet (a codec's payload, or audio in RED) out to
@@ -1862,7 +1941,7 @@ impl Node {
                         // libwebrtc reasons.
                         let fec_codec = matches!(codec, CodecKind::Vp8 | CodecKind::Vp9);
                         if fec_codec && self.config.video_fec && out.fec.is_none() {
-                            out.fec = VideoFec::for_mline(&sub.rtc, mid);
+                            out.fec = VideoFec::for_mline(&mut sub.rtc, mid);
                         }
                         m
                     }
@@ -1872,7 +1951,7 @@ impl Node {
                 let mut payload = media;
                 let red_payload;
                 let fec = out.fec.as_mut().filter(|f| f.active && video);
-                if let Some(f) = &fec {
+                if let Some(red_pt) = fec.as_ref().and_then(|f| f.red_pt()) {
                     let wrapped = match &red_wrapped {
                         Some((p, m, b)) if *p == map.out && Arc::ptr_eq(m, media) => b.clone(),
                         _ => {
@@ -1886,7 +1965,7 @@ impl Node {
                     };
                     red_payload = wrapped;
                     payload = &red_payload;
-                    out_pt = f.red_pt;
+                    out_pt = red_pt;
                 } else if let (Some(red_pt), Some(recent), level @ 1..) = (
                     map.red.filter(|_| audio_red),
                     track.audio.as_ref(),

@@ -336,6 +336,15 @@ impl<'a> SdpApi<'a> {
             ssrcs.push((self.rtc.session.streams.new_ssrc(), rtx));
         }
 
+        // MERIDIAN PATCH (flexfec): one FEC SSRC for a video sender without
+        // simulcast (as libwebrtc: FlexFEC is not used with simulcast).
+        let session = &mut self.rtc.session;
+        if kind.is_video() && simulcast.is_none() && session.codec_config.has_flexfec() {
+            for (ssrc, _) in &ssrcs {
+                session.streams.ensure_fec_ssrc(*ssrc);
+            }
+        }
+
         // TODO: let user configure stream/track name.
         let msid = Msid {
             stream_id,
@@ -840,7 +849,9 @@ fn as_sdp(session: &Session, params: AsSdpParams) -> Sdp {
                     .cloned()
                     .collect();
 
-                m.as_media_line(attrs, &ssrcs, &session.exts, &params)
+                let mut line = m.as_media_line(attrs, &ssrcs, &session.exts, &params);
+                add_fec_fr(&mut line, &ssrcs, &params, |s| session.streams.fec_ssrc(s));
+                line
             })
             .collect::<Vec<_>>();
 
@@ -982,9 +993,19 @@ fn ensure_stream_tx(session: &mut Session) {
             let midrid = MidRid(media.mid(), rid);
 
             // If we already have the stream, we don't make any new one.
-            let has_stream = session.streams.stream_tx_by_midrid(midrid).is_some();
+            // MERIDIAN PATCH (flexfec): a FEC SSRC once flexfec-03 is negotiated.
+            let flexfec = media.kind().is_video()
+                && rid.is_none()
+                && session
+                    .codec_config
+                    .iter()
+                    .any(|p| p.is_flexfec() && media.remote_pts().contains(&p.pt));
 
-            if has_stream {
+            if let Some(stream) = session.streams.stream_tx_by_midrid(midrid) {
+                let ssrc = stream.ssrc();
+                if flexfec {
+                    session.streams.ensure_fec_ssrc(ssrc);
+                }
                 continue;
             }
 
@@ -995,6 +1016,10 @@ fn ensure_stream_tx(session: &mut Session) {
                 let ssrc = session.streams.new_ssrc();
                 (ssrc, None)
             };
+
+            if flexfec {
+                session.streams.ensure_fec_ssrc(ssrc);
+            }
 
             let stream = session.streams.declare_stream_tx(ssrc, rtx, midrid);
 
@@ -1007,6 +1032,47 @@ fn ensure_stream_tx(session: &mut Session) {
 
             stream.set_rtx_cache(size, DEFAULT_RTX_CACHE_DURATION, DEFAULT_RTX_RATIO_CAP);
         }
+    }
+}
+
+/// MERIDIAN PATCH (flexfec): where an m-line carries `flexfec-03`, announce
+/// each sender's FEC SSRC (`a=ssrc` with the media's cname and msid) and group
+/// it with the media SSRC: `a=ssrc-group:FEC-FR <media> <fec>` (RFC 5956).
+fn add_fec_fr(
+    line: &mut MediaLine,
+    ssrcs: &[(Ssrc, Option<Ssrc>)],
+    params: &[PayloadParams],
+    fec_ssrc: impl Fn(Ssrc) -> Option<Ssrc>,
+) {
+    let negotiated = params
+        .iter()
+        .any(|p| p.is_flexfec() && line.pts.contains(&p.pt()));
+    if !negotiated || line.disabled {
+        return;
+    }
+    for (ssrc, _) in ssrcs {
+        let Some(fec) = fec_ssrc(*ssrc) else {
+            continue;
+        };
+        let own: Vec<MediaAttribute> = line
+            .attrs
+            .iter()
+            .filter_map(|a| match a {
+                MediaAttribute::Ssrc { ssrc: s, attr, value } if s == ssrc => {
+                    Some(MediaAttribute::Ssrc {
+                        ssrc: fec,
+                        attr: attr.clone(),
+                        value: value.clone(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        line.attrs.extend(own);
+        line.attrs.push(MediaAttribute::SsrcGroup {
+            semantics: "FEC-FR".to_string(),
+            ssrcs: vec![*ssrc, fec],
+        });
     }
 }
 
@@ -1351,7 +1417,10 @@ fn update_media(
     }
 
     let infos = m.ssrc_info();
-    let main = infos.iter().filter(|i| i.repairs.is_none());
+    let main = infos
+        .iter()
+        .filter(|i| i.repairs.is_none() && i.fec_for.is_none());
+
 
     for i in main {
         // TODO: If the remote is communicating _BOTH_ rid and a=ssrc this will fail.
@@ -1365,6 +1434,16 @@ fn update_media(
         let midrid = MidRid(media.mid(), None);
         let suppress_nack = repair_ssrc.is_none();
         streams.expect_stream_rx(i.ssrc, repair_ssrc, midrid, suppress_nack);
+    }
+
+    // MERIDIAN PATCH (flexfec): repair streams of FlexFEC, when negotiated.
+    let flexfec = m.rtp_params().iter().any(|p| p.is_flexfec());
+    for i in infos.iter().filter(|_| flexfec) {
+        let Some(media_ssrc) = i.fec_for else {
+            continue;
+        };
+        debug!("Adding pre-communicated FlexFEC SSRC: {:?}", i);
+        streams.expect_fec_stream_rx(i.ssrc, media_ssrc, MidRid(media.mid(), None));
     }
 }
 

@@ -92,6 +92,11 @@ pub enum Codec {
     /// negotiated for video next to a standalone `red/90000` it travels in.
     #[doc(hidden)]
     Ulpfec,
+    /// MERIDIAN PATCH (flexfec): FlexFEC in the draft-03 format libwebrtc and
+    /// webrtc-rs speak (`flexfec-03/90000`). Not a codec: repair packets on a
+    /// separate SSRC, grouped with the media SSRC by `a=ssrc-group:FEC-FR`.
+    #[doc(hidden)]
+    Flexfec03,
     /// For RTP mode. No codec.
     #[doc(hidden)]
     Null,
@@ -150,6 +155,7 @@ impl<'a> From<&'a str> for Codec {
             "rtx" => Codec::Rtx, // resends
             "red" => Codec::Red, // RFC 2198 redundancy
             "ulpfec" => Codec::Ulpfec, // RFC 5109 FEC
+            "flexfec-03" => Codec::Flexfec03, // FlexFEC draft-03
             _ => Codec::Unknown,
         }
     }
@@ -174,6 +180,7 @@ impl fmt::Display for Codec {
             Codec::Rtx => write!(f, "rtx"),
             Codec::Red => write!(f, "red"),
             Codec::Ulpfec => write!(f, "ulpfec"),
+            Codec::Flexfec03 => write!(f, "flexfec-03"),
             Codec::Null => write!(f, "null"),
             Codec::Unknown => write!(f, "unknown"),
         }

@@ -66,6 +66,8 @@ pub(crate) const PT_RED: Pt = Pt::new_with_value(63);
 pub(crate) const PT_VIDEO_RED: Pt = Pt::new_with_value(116);
 pub(crate) const PT_VIDEO_RED_RTX: Pt = Pt::new_with_value(117);
 pub(crate) const PT_ULPFEC: Pt = Pt::new_with_value(118);
+// MERIDIAN PATCH (flexfec)
+pub(crate) const PT_FLEXFEC: Pt = Pt::new_with_value(49);
 pub(crate) const PT_G722_RED: Pt = Pt::new_with_value(62);
 pub(crate) const PT_PCMU_RED: Pt = Pt::new_with_value(61);
 pub(crate) const PT_PCMA_RED: Pt = Pt::new_with_value(60);
@@ -326,6 +328,34 @@ impl CodecConfig {
             None,
             FormatParams::default(),
         );
+    }
+
+    /// MERIDIAN PATCH (flexfec): offer and accept `flexfec-03/90000` (with
+    /// `repair-window=10000000`, as libwebrtc) in video m-lines. A send stream
+    /// of a video m-line then gets a FEC SSRC, announced with
+    /// `a=ssrc-group:FEC-FR` where FlexFEC is negotiated; repair packets are
+    /// the application's to build and write ([`crate::rtp::StreamTx::write_fec`]).
+    pub fn enable_flexfec(&mut self, enabled: bool) {
+        self.params.retain(|c| !c.is_flexfec());
+        if !enabled {
+            return;
+        }
+        self.add_config(
+            PT_FLEXFEC,
+            None,
+            Codec::Flexfec03,
+            Frequency::NINETY_KHZ,
+            None,
+            FormatParams {
+                repair_window: Some(10_000_000),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// MERIDIAN PATCH (flexfec): whether `flexfec-03` is configured.
+    pub(crate) fn has_flexfec(&self) -> bool {
+        self.params.iter().any(|p| p.is_flexfec())
     }
 
     /// Add a default OPUS payload type, optionally with RFC 2198 RED.
@@ -606,7 +636,7 @@ impl CodecConfig {
 
         self.params.iter().filter(move |p| {
             if kind == MediaKind::Video {
-                p.spec.codec.is_video() || p.is_video_fec()
+                p.spec.codec.is_video() || p.is_video_fec() || p.is_flexfec()
             } else {
                 p.spec.codec.is_audio()
                     || (p.spec.codec.is_tele()

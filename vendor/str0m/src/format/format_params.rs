@@ -126,6 +126,10 @@ pub struct FormatParams {
     /// A mode set from either peer applies to both directions, so only write
     /// frames in these modes.
     pub mode_set: Option<u16>,
+
+    /// MERIDIAN PATCH (flexfec): FlexFEC `repair-window`, in microseconds: how
+    /// long after a media packet its repair packets may still be sent.
+    pub repair_window: Option<u32>,
 }
 
 #[cfg(feature = "drv")]
@@ -219,6 +223,7 @@ impl FormatParams {
             BareRange(_) | BarePtList(_) => {}
             OctetAlign(v) => self.octet_align = Some(*v),
             ModeSet(v) => self.mode_set = Some(*v),
+            RepairWindow(v) => self.repair_window = Some(*v),
             AmrWbUnsupported => {}
             Apt(_) => {}
             Red(_) => {}
@@ -285,6 +290,9 @@ impl FormatParams {
         }
         if let Some(v) = self.mode_set {
             r.push(ModeSet(v));
+        }
+        if let Some(v) = self.repair_window {
+            r.push(RepairWindow(v));
         }
 
         r

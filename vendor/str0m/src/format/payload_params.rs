@@ -284,6 +284,13 @@ impl PayloadParams {
             && self.spec.clock_rate == Frequency::NINETY_KHZ
     }
 
+    /// MERIDIAN PATCH (flexfec): `flexfec-03/90000`, negotiated in video
+    /// m-lines like a codec; its packets use the media's FEC SSRC
+    /// ([`crate::rtp::StreamTx::write_fec`]).
+    pub fn is_flexfec(&self) -> bool {
+        self.spec.codec == Codec::Flexfec03 && self.spec.clock_rate == Frequency::NINETY_KHZ
+    }
+
     pub(crate) fn match_score(&self, o: &PayloadParams) -> Option<usize> {
         // we don't want to compare PT
         let c0 = self.spec;
@@ -343,6 +350,12 @@ impl PayloadParams {
 
         if c0.codec == Codec::Av1 {
             return Self::match_av1_score(c0, c1);
+        }
+
+        // MERIDIAN PATCH (flexfec): the repair window is how long the sender may
+        // protect a packet; it does not change what either side can decode.
+        if c0.codec == Codec::Flexfec03 {
+            return Some(Self::EXACT_MATCH_SCORE);
         }
 
         // TODO: Fuzzy matching for any other audio codecs

@@ -379,6 +379,7 @@ impl CodecPacketizer {
             Codec::Rtx => panic!("Cant instantiate packetizer for RTX codec"),
             Codec::Red => panic!("Cant instantiate packetizer for RED codec"),
             Codec::Ulpfec => panic!("Cant instantiate packetizer for ULPFEC"),
+            Codec::Flexfec03 => panic!("Cant instantiate packetizer for FlexFEC"),
             Codec::Unknown => panic!("Cant instantiate packetizer for unknown codec"),
         }
     }
@@ -431,6 +432,7 @@ impl From<Codec> for CodecDepacketizer {
             Codec::Rtx => panic!("Cant instantiate depacketizer for RTX codec"),
             Codec::Red => panic!("Cant instantiate depacketizer for RED codec"),
             Codec::Ulpfec => panic!("Cant instantiate depacketizer for ULPFEC"),
+            Codec::Flexfec03 => panic!("Cant instantiate depacketizer for FlexFEC"),
             Codec::Unknown => panic!("Cant instantiate depacketizer for unknown codec"),
         }
     }

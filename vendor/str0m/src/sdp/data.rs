@@ -405,7 +405,7 @@ impl MediaLine {
                     || c.codec.is_video()
                     || (c.codec.is_tele() && self.pts.contains(pt))
                     // MERIDIAN PATCH (video-fec-pts)
-                    || (matches!(c.codec, Codec::Red | Codec::Ulpfec)
+                    || (matches!(c.codec, Codec::Red | Codec::Ulpfec | Codec::Flexfec03)
                         && c.clock_rate == Frequency::NINETY_KHZ)
             })
             .filter_map(|(pt, c)| {
@@ -743,6 +743,13 @@ impl MediaLine {
         // Match this second to ensure we preserve order of a=ssrc.
         for a in &self.attrs {
             match a {
+                // MERIDIAN PATCH (flexfec): a=ssrc-group:FEC-FR <media> <repair>
+                MediaAttribute::SsrcGroup { semantics, ssrcs }
+                    if semantics.eq_ignore_ascii_case("fec-fr") && ssrcs.len() == 2 =>
+                {
+                    let info = by_ssrc(&mut v, ssrcs[1]);
+                    info.fec_for = Some(ssrcs[0]);
+                }
                 MediaAttribute::SsrcGroup { semantics, ssrcs } => {
                     if semantics.to_lowercase() != "fid" {
                         continue;
@@ -781,6 +788,8 @@ pub struct SsrcInfo {
     pub ssrc: Ssrc,
     /// the other ssrc this ssrc is repairing
     pub repairs: Option<Ssrc>,
+    /// MERIDIAN PATCH (flexfec): the media ssrc this FlexFEC repair ssrc protects.
+    pub fec_for: Option<Ssrc>,
     pub cname: Option<String>,
     pub stream_id: Option<String>,
     pub track_id: Option<String>,
@@ -791,6 +800,7 @@ impl Default for SsrcInfo {
         Self {
             ssrc: 0.into(),
             repairs: None,
+            fec_for: None,
             cname: None,
             stream_id: None,
             track_id: None,
@@ -1090,6 +1100,9 @@ pub enum FormatParam {
     /// AMR-WB allowed speech modes as a bitmask.
     ModeSet(u16),
 
+    /// MERIDIAN PATCH (flexfec): FlexFEC `repair-window` in microseconds.
+    RepairWindow(u32),
+
     /// An AMR-WB parameter that needs a feature str0m lacks, such as `crc=1`.
     /// Declines the payload type.
     AmrWbUnsupported,
@@ -1151,6 +1164,7 @@ impl FormatParam {
             "mode-change-period" if v == "2" => Some(AmrWbUnsupported),
             "interleaving" => Some(AmrWbUnsupported),
             "apt" => v.parse::<u8>().map(|v| Apt(Pt::from(v))).ok(),
+            "repair-window" => v.parse().map(RepairWindow).ok(),
             _ => None,
         }
         .unwrap_or_else(|| {
@@ -1256,6 +1270,7 @@ impl fmt::Display for FormatParam {
                 Ok(())
             }
             AmrWbUnsupported => Ok(()),
+            RepairWindow(v) => write!(f, "repair-window={v}"),
             Apt(v) => write!(f, "apt={v}"),
             Red(v) => write!(f, "{v}/{v}"),
             Unknown => Ok(()),

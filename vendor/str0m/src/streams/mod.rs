@@ -163,6 +163,11 @@ pub(crate) struct Streams {
     /// hard cap when selecting RTX cache entries for spurious padding.
     mtu_warn: usize,
     pause_threshold: Duration,
+
+    /// MERIDIAN PATCH (flexfec): FlexFEC repair SSRC of each local main SSRC
+    /// that has one. Kept apart from the streams: a pending offer announces
+    /// it before its stream exists.
+    fec_ssrcs: HashMap<Ssrc, Ssrc>,
 }
 
 /// Delay between cleaning up the RxLookup.
@@ -192,6 +197,43 @@ impl Streams {
             enable_stats,
             mtu_warn,
             pause_threshold,
+            fec_ssrcs: Default::default(),
+        }
+    }
+
+    /// MERIDIAN PATCH (flexfec): the FlexFEC SSRC of local main SSRC `main`,
+    /// made if it has none yet.
+    pub(crate) fn ensure_fec_ssrc(&mut self, main: Ssrc) -> Ssrc {
+        if let Some(fec) = self.fec_ssrcs.get(&main) {
+            return *fec;
+        }
+        let fec = loop {
+            let proposed = self.new_ssrc();
+            if proposed != main {
+                break proposed;
+            }
+        };
+        self.fec_ssrcs.insert(main, fec);
+        if let Some(stream) = self.streams_tx.get_mut(&main) {
+            stream.set_fec(Some(fec));
+        }
+        fec
+    }
+
+    /// MERIDIAN PATCH (flexfec): the FlexFEC SSRC of local main SSRC `main`.
+    pub(crate) fn fec_ssrc(&self, main: Ssrc) -> Option<Ssrc> {
+        self.fec_ssrcs.get(&main).copied()
+    }
+
+    /// MERIDIAN PATCH (flexfec): a remote FlexFEC repair stream announced with
+    /// `a=ssrc-group:FEC-FR`. Its packets reach the application as RTP
+    /// packets of their own SSRC; it is never found as the m-line's media
+    /// stream, and never NACKed.
+    pub(crate) fn expect_fec_stream_rx(&mut self, ssrc: Ssrc, media: Ssrc, midrid: MidRid) {
+        let stream = self.expect_stream_rx(ssrc, None, midrid, true);
+        stream.set_fec_repair();
+        if let Some(media) = self.streams_rx.get_mut(&media) {
+            media.set_fec_protected();
         }
     }
 
@@ -340,19 +382,23 @@ impl Streams {
         rtx: Option<Ssrc>,
         midrid: MidRid,
     ) -> &mut StreamTx {
-        self.streams_tx
-            .entry(ssrc)
-            .or_insert_with(|| StreamTx::new(ssrc, rtx, midrid, self.enable_stats, self.mtu_warn))
+        let fec = self.fec_ssrcs.get(&ssrc).copied();
+        self.streams_tx.entry(ssrc).or_insert_with(|| {
+            let mut stream = StreamTx::new(ssrc, rtx, midrid, self.enable_stats, self.mtu_warn);
+            stream.set_fec(fec);
+            stream
+        })
     }
 
     pub fn remove_stream_tx(&mut self, ssrc: Ssrc) -> bool {
+        self.fec_ssrcs.remove(&ssrc);
         self.streams_tx.remove(&ssrc).is_some()
     }
 
     pub(crate) fn local_sender_ssrcs(&self) -> Vec<Ssrc> {
         self.streams_tx
             .values()
-            .flat_map(|s| std::iter::once(s.ssrc()).chain(s.rtx()))
+            .flat_map(|s| std::iter::once(s.ssrc()).chain(s.rtx()).chain(s.fec()))
             .collect()
     }
 
@@ -608,6 +654,11 @@ impl Streams {
 
             let has_rtx_tx = self.streams_tx.values().any(|s| s.rtx() == Some(ssrc));
             if has_rtx_tx {
+                continue;
+            }
+
+            // MERIDIAN PATCH (flexfec)
+            if self.fec_ssrcs.values().any(|f| *f == ssrc) {
                 continue;
             }
 

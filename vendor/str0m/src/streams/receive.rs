@@ -40,6 +40,11 @@ pub struct StreamRx {
     /// Identifier of a resend (RTX) stream. This can be set later, once we discover it.
     rtx: Option<Ssrc>,
 
+    /// MERIDIAN PATCH (flexfec): a FlexFEC repair stream, not media.
+    fec_repair: bool,
+    /// MERIDIAN PATCH (flexfec): media a FlexFEC repair stream protects.
+    fec_protected: bool,
+
     /// Previous main SSRC. This is to ensure we never go "backwards" in terms
     /// of changing SSRC (for FF).
     previous_ssrc: Option<Ssrc>,
@@ -165,6 +170,8 @@ impl StreamRx {
         StreamRx {
             ssrc,
             rtx: None,
+            fec_repair: false,
+            fec_protected: false,
             previous_ssrc: None,
             midrid,
             cname: None,
@@ -1014,7 +1021,29 @@ impl StreamRx {
     }
 
     pub(crate) fn is_midrid(&self, midrid: MidRid) -> bool {
-        midrid.special_equals(&self.midrid)
+        !self.fec_repair && midrid.special_equals(&self.midrid)
+    }
+
+    /// MERIDIAN PATCH (flexfec): this stream carries FlexFEC repair packets.
+    pub(crate) fn set_fec_repair(&mut self) {
+        self.fec_repair = true;
+    }
+
+    /// MERIDIAN PATCH (flexfec): a FlexFEC repair stream protects this one.
+    pub(crate) fn set_fec_protected(&mut self) {
+        self.fec_protected = true;
+    }
+
+    /// MERIDIAN PATCH (flexfec): whether a FlexFEC repair stream protects
+    /// this stream (announced with `a=ssrc-group:FEC-FR`).
+    pub fn is_fec_protected(&self) -> bool {
+        self.fec_protected
+    }
+
+    /// MERIDIAN PATCH (flexfec): whether this stream carries FlexFEC repair
+    /// packets (announced with `a=ssrc-group:FEC-FR`).
+    pub fn is_fec_repair(&self) -> bool {
+        self.fec_repair
     }
 }
 

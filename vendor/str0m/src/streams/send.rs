@@ -108,6 +108,13 @@ pub struct StreamTx {
     /// If we are using RTX, this is the seq no counter.
     seq_no_rtx: SeqNo,
 
+    /// MERIDIAN PATCH (flexfec): the FlexFEC repair SSRC, its own sequence
+    /// numbers, and repair packets written by the application, not yet sent.
+    fec: Option<Ssrc>,
+    seq_no_fec: SeqNo,
+    fec_queue: VecDeque<RtpPacket>,
+    fec_slot: Option<RtpPacket>,
+
     /// The last seq_no that we sent, either by increasing seq_no ourselves (media API), or by
     /// direct RTP mode writing.
     last_sent_seq_no: SeqNo,
@@ -387,6 +394,10 @@ impl StreamTx {
             clock_rate: None,
             seq_no: SeqNo::default(),
             seq_no_rtx: SeqNo::default(),
+            fec: None,
+            seq_no_fec: SeqNo::default(),
+            fec_queue: VecDeque::new(),
+            fec_slot: None,
             last_sent_seq_no: SeqNo::default(),
             last_used: already_happened(),
             rtp_and_wallclock: None,
@@ -541,6 +552,36 @@ impl StreamTx {
         self.app_resends.push_back(packet);
     }
 
+    /// MERIDIAN PATCH (flexfec): the FlexFEC repair SSRC of this stream, if
+    /// FlexFEC is configured (`RtcConfig::enable_flexfec`).
+    pub fn fec(&self) -> Option<Ssrc> {
+        self.fec
+    }
+
+    pub(crate) fn set_fec(&mut self, fec: Option<Ssrc>) {
+        self.fec = fec;
+    }
+
+    /// MERIDIAN PATCH (flexfec): queue a FlexFEC repair packet. It goes out on
+    /// the FEC SSRC with that stream's own sequence numbers (the `seq_no` of
+    /// `rtp` is ignored), after any resends and before regular media, and is
+    /// neither NACKable nor tapped. `rtp.pt` must be the negotiated
+    /// `flexfec-03` payload type and `rtp.payload` the FlexFEC header and
+    /// repair payload. Dropped (false) without a FEC SSRC.
+    pub fn write_fec(&mut self, rtp: RtpWrite) -> bool {
+        let Some(fec) = self.fec else {
+            return false;
+        };
+        let mut packet = self.rtp_write_to_packet(rtp.nackable(false), true);
+        packet.header.ssrc = fec;
+        packet.header.marker = false;
+        if self.fec_queue.len() >= 256 {
+            self.fec_queue.pop_front();
+        }
+        self.fec_queue.push_back(packet);
+        true
+    }
+
     /// MERIDIAN PATCH (tx-tap): keep a copy of every regular (not resent, not
     /// padding) packet as serialized, header extensions included, before
     /// SRTP. At most 512 are kept; take them with [`StreamTx::poll_tap`].
@@ -648,6 +689,8 @@ impl StreamTx {
             (next, false)
         } else if let Some(next) = self.poll_packet_resend(now) {
             (next, false)
+        } else if let Some(next) = self.poll_packet_fec() {
+            (next, false)
         } else if let Some(next) = self.poll_packet_regular(now) {
             (next, false)
         } else {
@@ -678,6 +721,16 @@ impl StreamTx {
         }
 
         let pt_main = header_ref.payload_type;
+
+        // MERIDIAN PATCH (flexfec): a repair packet keeps its header (FEC SSRC,
+        // FlexFEC PT); only its sequence number is the FEC stream's. The FEC
+        // SSRC is announced in SDP, so no MID/RID: a receiver must not bind it
+        // to the media's m-line as if it were media.
+        if let NextPacketKind::Fec = next.kind {
+            header_ref.sequence_number = *next.seq_no as u16;
+            header_ref.ext_vals.mid = None;
+            header_ref.ext_vals.rid = None;
+        }
 
         // The pt in next.pkt is the "main" pt, or a RED PT folded onto its primary codec.
         let Some(param) = params
@@ -735,7 +788,7 @@ impl StreamTx {
 
                 header_ref.clone()
             }
-            NextPacketKind::Retransmit => header_ref.clone(),
+            NextPacketKind::Retransmit | NextPacketKind::Fec => header_ref.clone(),
             NextPacketKind::Blank(_) if is_probe => {
                 // Non-media probes use their negotiated main PT and own sequence
                 // counter, rather than rewriting the header for an RTX stream.
@@ -805,7 +858,10 @@ impl StreamTx {
         let pkt = &next.pkt;
 
         let body_len = match next.kind {
-            NextPacketKind::Regular | NextPacketKind::Resend(_) | NextPacketKind::Retransmit => {
+            NextPacketKind::Regular
+            | NextPacketKind::Resend(_)
+            | NextPacketKind::Retransmit
+            | NextPacketKind::Fec => {
                 let body_len = pkt.payload.len();
                 if let Some(patch) = pkt.vp8_patch.as_ref() {
                     patch.copy_to(pkt.payload.as_ref(), &mut body_out[..body_len]);
@@ -968,6 +1024,18 @@ impl StreamTx {
 
         let pkt = self.app_resend_slot.insert(pkt);
         Some(NextPacket { kind, seq_no, pkt })
+    }
+
+    /// MERIDIAN PATCH (flexfec)
+    fn poll_packet_fec(&mut self) -> Option<NextPacket<'_>> {
+        let pkt = self.fec_queue.pop_front()?;
+        let seq_no = self.seq_no_fec.inc();
+        let pkt = self.fec_slot.insert(pkt);
+        Some(NextPacket {
+            kind: NextPacketKind::Fec,
+            seq_no,
+            pkt,
+        })
     }
 
     fn poll_packet_resend(&mut self, now: Instant) -> Option<NextPacket<'_>> {
@@ -1337,12 +1405,18 @@ impl StreamTx {
     }
 
     fn queue_state_resend(&self, now: Instant) -> Option<QueueSnapshot> {
-        if !self.app_resends.is_empty() {
-            let byte_size = self.app_resends.iter().map(|p| p.payload.len()).sum();
+        // MERIDIAN PATCH (flexfec): queued repair packets count like app resends.
+        if !self.app_resends.is_empty() || !self.fec_queue.is_empty() {
+            let byte_size = self
+                .app_resends
+                .iter()
+                .chain(&self.fec_queue)
+                .map(|p| p.payload.len())
+                .sum();
             return Some(QueueSnapshot {
                 created_at: now,
                 byte_size,
-                packet_count: self.app_resends.len() as u32,
+                packet_count: (self.app_resends.len() + self.fec_queue.len()) as u32,
                 first_unsent: Some(now),
                 priority: QueuePriority::Media,
                 ..Default::default()
@@ -1537,6 +1611,8 @@ enum NextPacketKind {
     /// MERIDIAN PATCH (nack-handoff): an application retransmission without RTX,
     /// sent on the main SSRC with its original sequence number.
     Retransmit,
+    /// MERIDIAN PATCH (flexfec): a FlexFEC repair packet on the FEC SSRC.
+    Fec,
     Blank(u8),
 }
 
