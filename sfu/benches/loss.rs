@@ -166,6 +166,9 @@ fn run(
         },
         audio_red: mode == Mode::NackFec,
         video_fec: mode == Mode::NackFec,
+        // LOSS_BENCH_FLEXFEC=1: the clients negotiate FlexFEC (as Chrome 156
+        // does), so video FEC goes as FlexFEC instead of ULPFEC in RED.
+        client_flexfec: std::env::var_os("LOSS_BENCH_FLEXFEC").is_some(),
         ..SimConfig::default()
     });
     let publisher = sim.add_publisher(ROOM, "pub", true, true);

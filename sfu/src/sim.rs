@@ -82,8 +82,8 @@ pub struct SimConfig {
     pub video_fec: bool,
     /// Clients negotiate RTX for VP8.
     pub client_rtx: bool,
-    /// Clients offer `flexfec-03` (and decode it), as webrtc-rs with its
-    /// FlexFEC receiver or Chrome with its FlexFEC field trial do.
+    /// Clients offer `flexfec-03` (and decode it) instead of red/ulpfec, as
+    /// webrtc-rs with its FlexFEC receiver does.
     pub client_flexfec: bool,
     /// The node estimates subscribers' bandwidth (TWCC) and allocates layers on it.
     pub bwe: bool,
@@ -736,6 +736,8 @@ impl SimNet {
         // Header bytes as received: ULPFEC recovery needs the packets as sent.
         let mut rtc = crate::core::codec::rtc_config()
             .enable_flexfec(self.config.client_flexfec)
+            // The node prefers ULPFEC where both are negotiated.
+            .enable_video_fec(!self.config.client_flexfec)
             .keep_rtp_header_bytes(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);

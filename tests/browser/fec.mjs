@@ -1,6 +1,6 @@
 // Chrome decodes Meridian's video FEC, in both forms: ULPFEC in RED, and
-// FlexFEC-03 (which Chrome 156 negotiates as a receiver by default, and the
-// node prefers where negotiated).
+// FlexFEC-03 (which Chrome 156 negotiates as a receiver by default; the node
+// sends it where ULPFEC is not negotiated).
 //
 // Its own `meridian serve --no-nack` (so only FEC can repair video) and
 // `meridian netsim` proxies losing 10 % of server-to-page datagrams. For each

@@ -1,7 +1,7 @@
-//! Video FEC towards one subscriber, in one of two forms: FlexFEC draft-03
-//! (`flexfec-03`, what libwebrtc with its FlexFEC field trial and webrtc-rs
-//! decode) where the subscriber negotiated it, else ULPFEC (RFC 5109) in RED
-//! (RFC 2198), the form Chrome decodes without any setting.
+//! Video FEC towards one subscriber, in one of two forms: ULPFEC (RFC 5109)
+//! in RED (RFC 2198) where the subscriber negotiated it, else FlexFEC
+//! draft-03 (`flexfec-03`, which Chrome 156 and webrtc-rs 0.21 decode) where
+//! it negotiated that ([`fec_form`]).
 //!
 //! FlexFEC packets are a stream of their own (the FEC SSRC str0m announces
 //! with `a=ssrc-group:FEC-FR`, str0m patch `flexfec`), so media goes
@@ -560,9 +560,15 @@ fn mutable_extension_ids(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Vec<u8> {
     .collect()
 }
 
-/// The FEC `rtc` sends on `mid`: FlexFEC where it is negotiated and the
-/// send stream has a FEC SSRC, else ULPFEC in RED where negotiated.
+/// The FEC `rtc` sends on `mid`: ULPFEC in RED where negotiated, else
+/// FlexFEC where negotiated and the send stream has a FEC SSRC. Chrome 156
+/// negotiates both; the loss bench delivered a little less with FlexFEC
+/// (at 150 ms RTT, 99.86 against 99.91 % at 10 % loss, 97.91 against
+/// 98.41 % at 30 %; not explained yet), so ULPFEC stays Chrome's form.
 pub fn fec_form(rtc: &mut str0m::Rtc, mid: str0m::media::Mid) -> Option<FecForm> {
+    if let Some((red_pt, ulpfec_pt)) = video_fec_pts(rtc, mid) {
+        return Some(FecForm::Ulpfec { red_pt, ulpfec_pt });
+    }
     if let Some(pt) = flexfec_pt(rtc, mid) {
         let has_ssrc = rtc
             .direct_api()
@@ -572,8 +578,7 @@ pub fn fec_form(rtc: &mut str0m::Rtc, mid: str0m::media::Mid) -> Option<FecForm>
             return Some(FecForm::Flexfec { pt });
         }
     }
-    let (red_pt, ulpfec_pt) = video_fec_pts(rtc, mid)?;
-    Some(FecForm::Ulpfec { red_pt, ulpfec_pt })
+    None
 }
 
 /// The `flexfec-03` payload type `rtc` negotiated on `mid`.
@@ -632,7 +637,10 @@ mod tests {
         let now = std::time::Instant::now();
         let config = |f| crate::core::codec::rtc_config().enable_flexfec(f);
         let mut tx = config(true).build(now);
-        let mut rx = config(receiver_flexfec).build(now);
+        // A FlexFEC receiver without ULPFEC (as webrtc-rs); else ULPFEC only.
+        let mut rx = config(receiver_flexfec)
+            .enable_video_fec(!receiver_flexfec)
+            .build(now);
         let mut api = tx.sdp_api();
         let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
         let (offer, pending) = api.apply().expect("offer");
