@@ -299,27 +299,8 @@ impl SimClient {
             .direct_api()
             .stream_rx_by_mid(mid, None)
             .map(|s| s.ssrc());
-        for u in out {
-            if !self.first_time(mid, u.seq, &u.payload) {
-                continue;
-            }
-            self.fec_recovered += 1;
-            if let Some(s) = media_ssrc {
-                if let Some(rx) = self.rtc.direct_api().stream_rx(&s) {
-                    rx.mark_recovered(u.seq.into());
-                }
-            }
-            self.received.push(ReceivedPacket {
-                mid,
-                kind,
-                ssrc: media_ssrc.map_or(0, |s| *s),
-                seq: u.seq,
-                ts: u.ts,
-                pt: u.pt,
-                marker: u.marker,
-                payload: u.payload,
-                at: now,
-            });
+        if let Some(ssrc) = media_ssrc {
+            self.record_units(mid, kind, ssrc, out, now);
         }
     }
 
@@ -341,21 +322,34 @@ impl SimClient {
             &mut out,
         );
         self.red_received += 1;
-        for u in out {
+        self.record_units(mid, kind, pkt.header.ssrc, out, now);
+    }
+
+    /// What came out of RED or a FEC decoder for the media stream `ssrc`:
+    /// each new sequence number recorded; a rebuilt one counted and, as
+    /// libwebrtc's receiver does, marked in str0m so it is not NACKed.
+    fn record_units(
+        &mut self,
+        mid: Mid,
+        kind: MediaKind,
+        ssrc: str0m::rtp::Ssrc,
+        units: Vec<crate::core::fec::Unwrapped>,
+        now: Instant,
+    ) {
+        for u in units {
             if !self.first_time(mid, u.seq, &u.payload) {
                 continue;
             }
             if u.recovered {
                 self.fec_recovered += 1;
-                // As libwebrtc's receiver: a packet FEC rebuilt is not NACKed.
-                if let Some(rx) = self.rtc.direct_api().stream_rx(&pkt.header.ssrc) {
+                if let Some(rx) = self.rtc.direct_api().stream_rx(&ssrc) {
                     rx.mark_recovered(u.seq.into());
                 }
             }
             self.received.push(ReceivedPacket {
                 mid,
                 kind,
-                ssrc,
+                ssrc: *ssrc,
                 seq: u.seq,
                 ts: u.ts,
                 pt: u.pt,

@@ -917,16 +917,15 @@ fn red_from_the_publisher_recovers_uplink_loss() {
     }
 }
 
-/// Video towards a subscriber whose link loses 10 % (and NACKs not
-/// answered, so only FEC can help): once the node sees the loss it sends the
-/// video RED-wrapped with ULPFEC after each frame; the subscriber's decoder
-/// rebuilds lost packets byte for byte, the clean subscriber gets plain VP8
-/// with no gaps, and neither sees a sequence number twice.
-#[test]
-fn ulpfec_rebuilds_lost_video_packets() {
+/// Video to two subscribers without NACK, one behind 10 % downlink loss:
+/// 3 s for the node to see the loss, then 10 s measured. Returns the sim,
+/// (lossy, clean), the camera and how many of its packets came before the
+/// measured part. `flexfec`: the clients negotiate FlexFEC, not ULPFEC.
+fn fec_downlink_run(flexfec: bool) -> (SimNet, (ClientId, ClientId), Camera, usize) {
     let mut sim = SimNet::new(SimConfig {
         seed: 13,
         resend: None,
+        client_flexfec: flexfec,
         ..SimConfig::default()
     });
     let (publisher, subs) = room(&mut sim, 2, false);
@@ -949,6 +948,17 @@ fn ulpfec_rebuilds_lost_video_packets() {
         |_, _| {},
     );
     sim.run_for(Duration::from_millis(500));
+    (sim, (lossy, clean), cam, from)
+}
+
+/// Video towards a subscriber whose link loses 10 % (and NACKs not
+/// answered, so only FEC can help): once the node sees the loss it sends the
+/// video RED-wrapped with ULPFEC after each frame; the subscriber's decoder
+/// rebuilds lost packets byte for byte, the clean subscriber gets plain VP8
+/// with no gaps, and neither sees a sequence number twice.
+#[test]
+fn ulpfec_rebuilds_lost_video_packets() {
+    let (mut sim, (lossy, clean), cam, from) = fec_downlink_run(false);
     let stats = sim.stats();
     assert!(stats.fec_packets > 0, "{stats:?}");
     assert!(
@@ -986,32 +996,7 @@ fn ulpfec_rebuilds_lost_video_packets() {
 /// decoder rebuilds lost packets byte for byte.
 #[test]
 fn flexfec_rebuilds_lost_video_packets() {
-    let mut sim = SimNet::new(SimConfig {
-        seed: 13,
-        resend: None,
-        client_flexfec: true,
-        ..SimConfig::default()
-    });
-    let (publisher, subs) = room(&mut sim, 2, false);
-    let (lossy, clean) = (subs[0], subs[1]);
-    let mut cam = Camera::new(publisher, 1, 0, 0);
-    sim.set_downlink_loss(lossy, 0.10);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(3),
-        |_, _| {},
-    );
-    let from = cam.sent.len();
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(10),
-        |_, _| {},
-    );
-    sim.run_for(Duration::from_millis(500));
+    let (sim, (lossy, clean), cam, from) = fec_downlink_run(true);
     let stats = sim.stats();
     assert!(stats.fec_packets > 0, "{stats:?}");
     let c = sim.client(lossy);

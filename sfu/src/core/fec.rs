@@ -136,17 +136,15 @@ pub struct VideoFec {
 }
 
 impl VideoFec {
-    pub fn new(form: FecForm, zero_ids: Vec<u8>) -> Self {
+    /// `None` for a FlexFEC payload type the encoder refuses (above 127).
+    pub fn new(form: FecForm, zero_ids: Vec<u8>) -> Option<Self> {
         let encoder = match form {
             FecForm::Ulpfec { .. } => Encoder::Ulpfec(UlpfecEncoder::new()),
             // str0m numbers and addresses repair packets; the encoder's own
             // header fields are dropped (`on_tapped`).
-            FecForm::Flexfec { pt } => match FlexfecEncoder::new(*pt, 0, 0) {
-                Ok(e) => Encoder::Flexfec(e),
-                Err(_) => Encoder::Ulpfec(UlpfecEncoder::new()),
-            },
+            FecForm::Flexfec { pt } => Encoder::Flexfec(FlexfecEncoder::new(*pt, 0, 0).ok()?),
         };
-        VideoFec {
+        Some(VideoFec {
             form,
             zero_ids,
             active: false,
@@ -158,7 +156,7 @@ impl VideoFec {
             plain: Vec::new(),
             fec_bytes: 0,
             fec_packets: 0,
-        }
+        })
     }
 
     /// Turns FEC on or off from the subscriber's loss, with hysteresis.
@@ -310,6 +308,24 @@ pub struct Unwrapped {
     pub recovered: bool,
 }
 
+impl Unwrapped {
+    /// A packet a FEC decoder rebuilt (`b`, numbered `rseq` on the wire),
+    /// its number extended next to `near`, an extended number of the same
+    /// stream; `None` if it is malformed.
+    fn rebuilt(b: &[u8], rseq: u16, near: u64) -> Option<Unwrapped> {
+        let range = meridian_fec::payload_range(b).ok()?;
+        let delta = rseq.wrapping_sub(near as u16) as i16;
+        Some(Unwrapped {
+            seq: near.checked_add_signed(i64::from(delta))?,
+            ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+            pt: b[1] & 0x7f,
+            marker: b[1] & 0x80 != 0,
+            payload: Arc::from(&b[range]),
+            recovered: true,
+        })
+    }
+}
+
 /// The receiving side of [`VideoFec`], as libwebrtc does it, for Meridian's
 /// own clients (the sim, `meridian-client`): media in RED is unwrapped and
 /// fed to the ULPFEC decoder (with the extensions the sender zeroed,
@@ -377,23 +393,7 @@ impl FecReceiver {
             });
         }
         while let Some(rseq) = self.decoder.poll_recovered(&mut self.rebuilt) {
-            let Ok(range) = meridian_fec::payload_range(&self.rebuilt) else {
-                continue;
-            };
-            let b = &self.rebuilt;
-            // Extend the 16-bit number next to this packet's.
-            let delta = rseq.wrapping_sub(seq as u16) as i16;
-            let Some(rseq) = seq.checked_add_signed(i64::from(delta)) else {
-                continue;
-            };
-            out.push(Unwrapped {
-                seq: rseq,
-                ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-                pt: b[1] & 0x7f,
-                marker: b[1] & 0x80 != 0,
-                payload: Arc::from(&b[range]),
-                recovered: true,
-            });
+            out.extend(Unwrapped::rebuilt(&self.rebuilt, rseq, seq));
         }
     }
 }
@@ -495,23 +495,7 @@ impl FlexfecReceiver {
             return;
         };
         while let Some(rseq) = d.poll_recovered(&mut self.rebuilt) {
-            let Ok(range) = meridian_fec::payload_range(&self.rebuilt) else {
-                continue;
-            };
-            let b = &self.rebuilt;
-            // Extend the 16-bit number next to the newest media packet's.
-            let delta = rseq.wrapping_sub(newest as u16) as i16;
-            let Some(rseq) = newest.checked_add_signed(i64::from(delta)) else {
-                continue;
-            };
-            out.push(Unwrapped {
-                seq: rseq,
-                ts: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-                pt: b[1] & 0x7f,
-                marker: b[1] & 0x80 != 0,
-                payload: Arc::from(&b[range]),
-                recovered: true,
-            });
+            out.extend(Unwrapped::rebuilt(&self.rebuilt, rseq, newest));
         }
     }
 }
@@ -521,7 +505,7 @@ impl VideoFec {
     /// `ulpfec/90000`.
     pub fn for_mline(rtc: &mut str0m::Rtc, mid: str0m::media::Mid) -> Option<Self> {
         let form = fec_form(rtc, mid)?;
-        Some(VideoFec::new(form, mutable_extension_ids(rtc, mid)))
+        VideoFec::new(form, mutable_extension_ids(rtc, mid))
     }
 
     /// ULPFEC in RED on `mid`, if negotiated, whatever else is: what a
@@ -529,7 +513,7 @@ impl VideoFec {
     pub fn ulpfec_for_mline(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<Self> {
         let (red_pt, ulpfec_pt) = video_fec_pts(rtc, mid)?;
         let form = FecForm::Ulpfec { red_pt, ulpfec_pt };
-        Some(VideoFec::new(form, mutable_extension_ids(rtc, mid)))
+        VideoFec::new(form, mutable_extension_ids(rtc, mid))
     }
 }
 
