@@ -36,6 +36,18 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// One DTLS certificate for every peer this process makes, made on first use
+/// (a key pair and a self-signed certificate, ≈ 2 ms): a node presents one
+/// certificate to all its peers (as mediasoup and Janus do), and a process
+/// of many clients (`meridian load`) one to all its connections, as a
+/// browser does for the connections of one page. `None` if the backend
+/// could not make one; each peer then makes its own.
+pub fn shared_certificate() -> Option<DtlsCert> {
+    static CERT: OnceLock<Option<DtlsCert>> = OnceLock::new();
+    CERT.get_or_init(|| crypto_provider().dtls_provider.generate_certificate())
+        .clone()
+}
+
 /// dimpl DTLS with its configuration built once per MTU.
 #[derive(Debug)]
 pub struct SharedConfigDtls {

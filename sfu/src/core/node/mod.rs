@@ -456,9 +456,7 @@ impl Node {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_os_rng(),
         };
-        let dtls_cert = str0m::crypto::from_feature_flags()
-            .dtls_provider
-            .generate_certificate();
+        let dtls_cert = super::dtls::shared_certificate();
         if dtls_cert.is_none() {
             warn!("no DTLS certificate could be made up front; each peer will make its own");
         }
