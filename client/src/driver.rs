@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use meridian_sfu::core::codec::{negotiated_pt, rtc_config};
@@ -78,12 +78,32 @@ pub(crate) struct Driver {
     early: Vec<ServerMsg>,
     /// What str0m put out while a batch of datagrams was fed to it, in order:
     /// in RTP mode it holds one received packet until polled, so each
-    /// datagram's output is taken before the next goes in.
-    backlog: Vec<Output>,
+    /// datagram's output is taken before the next goes in. Each output is
+    /// kept with the arrival of the datagram behind it.
+    backlog: Vec<(Output, Instant)>,
 }
 
 /// Datagrams (or GRO groups) one client reads per wake-up.
 const CLIENT_RECV_SLOTS: usize = 4;
+
+/// When a datagram read at `now` (`wall` on the system clock) reached the
+/// socket: the kernel's stamp where there is one, else `now`. Many clients
+/// share one thread in `meridian load`, so a datagram may wait there for
+/// milliseconds behind the others' work before its client reads it; latency
+/// and jitter are measured to the arrival, which that wait does not move.
+fn arrival(now: Instant, wall: SystemTime, stamp: Option<Duration>) -> Instant {
+    let Some(age) = stamp.and_then(|s| wall.duration_since(UNIX_EPOCH + s).ok()) else {
+        return now;
+    };
+    // A stamp from before a step of the system clock says nothing.
+    if age > MAX_STAMP_AGE {
+        return now;
+    }
+    now.checked_sub(age).unwrap_or(now)
+}
+
+/// Older kernel stamps than this are taken as clock steps, not waits.
+const MAX_STAMP_AGE: Duration = Duration::from_secs(2);
 
 fn rtc_error(e: impl std::fmt::Display) -> ClientError {
     ClientError::Rtc(e.to_string())
@@ -416,11 +436,13 @@ impl Driver {
     /// str0m, then handles what came out.
     async fn receive(&mut self, events: &mpsc::Sender<ClientEvent>) -> Result<(), String> {
         let now = Instant::now();
+        let wall = SystemTime::now();
         let local = self.local;
         let rtc = &mut self.rtc;
         let backlog = &mut self.backlog;
         let mut failed = None;
-        let r = self.socket.try_recv(|source, d| {
+        let r = self.socket.try_recv_stamped(|source, d, stamp| {
+            let arrived = arrival(now, wall, stamp);
             let Ok(contents) = d.try_into() else { return };
             let input = Input::Receive(
                 now,
@@ -437,7 +459,7 @@ impl Driver {
             while failed.is_none() {
                 match rtc.poll_output() {
                     Ok(Output::Timeout(_)) => break,
-                    Ok(o) => backlog.push(o),
+                    Ok(o) => backlog.push((o, arrived)),
                     Err(e) => failed = Some(e.to_string()),
                 }
             }
@@ -448,10 +470,10 @@ impl Driver {
             }
         }
         let mut backlog = std::mem::take(&mut self.backlog);
-        for o in backlog.drain(..) {
+        for (o, arrived) in backlog.drain(..) {
             match o {
                 Output::Transmit(t) => self.socket.send_to(&t.contents, t.destination).await,
-                Output::Event(e) => self.on_event(e, events).await,
+                Output::Event(e) => self.on_event(e, Some(arrived), events).await,
                 Output::Timeout(_) => {}
             }
         }
@@ -467,12 +489,19 @@ impl Driver {
             match self.rtc.poll_output().map_err(|e| e.to_string())? {
                 Output::Transmit(t) => self.socket.send_to(&t.contents, t.destination).await,
                 Output::Timeout(t) => return Ok(t),
-                Output::Event(e) => self.on_event(e, events).await,
+                Output::Event(e) => self.on_event(e, None, events).await,
             }
         }
     }
 
-    async fn on_event(&mut self, e: Event, events: &mpsc::Sender<ClientEvent>) {
+    /// `arrived`: when the datagram behind `e` reached our socket, if `e`
+    /// came of one.
+    async fn on_event(
+        &mut self,
+        e: Event,
+        arrived: Option<Instant>,
+        events: &mpsc::Sender<ClientEvent>,
+    ) {
         match e {
             Event::Connected => {
                 let _ = events.send(ClientEvent::Connected).await;
@@ -496,7 +525,7 @@ impl Driver {
                     payload_type: *pkt.header.payload_type,
                     marker: pkt.header.marker,
                     payload: pkt.payload.clone(),
-                    received_at: pkt.timestamp,
+                    received_at: arrived.unwrap_or(pkt.timestamp),
                 };
                 let pt = pkt.header.payload_type;
                 if let Some(mid) = mid.filter(|m| self.video_red_pt(*m) == Some(pt)) {
@@ -741,5 +770,34 @@ async fn recv_json(ws: &mut Ws) -> Result<ServerMsg, ClientError> {
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(ClientError::Protocol(format!("WebSocket: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrival_is_the_kernels_stamp_when_it_is_believable() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let since_epoch = wall.duration_since(UNIX_EPOCH).expect("after 1970");
+        let ms = Duration::from_millis;
+        assert_eq!(arrival(now, wall, None), now, "no stamp: read time");
+        assert_eq!(
+            arrival(now, wall, Some(since_epoch - ms(3))),
+            now - ms(3),
+            "waited 3 ms in the socket"
+        );
+        assert_eq!(
+            arrival(now, wall, Some(since_epoch + ms(5))),
+            now,
+            "a stamp after the read (clock stepped back)"
+        );
+        assert_eq!(
+            arrival(now, wall, Some(since_epoch - Duration::from_secs(60))),
+            now,
+            "a stamp from before a clock step forward"
+        );
     }
 }

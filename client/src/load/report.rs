@@ -130,6 +130,10 @@ pub struct Report {
     /// Fraction of packets lost per subscriber.
     pub loss: Option<MinMedMax>,
     pub jitter_ms: Option<MinMedMax>,
+    /// From the publisher's send (the replay handing the packet to its
+    /// client) to the packet's arrival at the subscriber's socket (the
+    /// kernel's receive stamp), so the tester's own queueing of hundreds of
+    /// clients on one thread is not counted.
     pub latency_ms: Option<Percentiles>,
     /// Request to first media packet (any kind). Where the packet's
     /// publisher started sending only after the request (a meeting, whose

@@ -12,6 +12,7 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use tokio::io::Interest;
@@ -120,6 +121,17 @@ impl MediaSocket {
         &mut self,
         mut on_datagram: impl FnMut(SocketAddr, &[u8]),
     ) -> io::Result<usize> {
+        self.try_recv_stamped(|source, d, _| on_datagram(source, d))
+    }
+
+    /// `try_recv`, with each datagram's arrival at the socket as the kernel
+    /// stamped it (`SO_TIMESTAMPNS`, time since the Unix epoch; quinn-udp
+    /// turns it on for Linux sockets, `None` elsewhere). The datagrams of
+    /// one GRO buffer share its stamp.
+    pub fn try_recv_stamped(
+        &mut self,
+        mut on_datagram: impl FnMut(SocketAddr, &[u8], Option<Duration>),
+    ) -> io::Result<usize> {
         let MediaSocket {
             socket,
             state,
@@ -144,7 +156,7 @@ impl MediaSocket {
                 meta.stride
             };
             for d in data.chunks(stride.max(1)) {
-                on_datagram(meta.addr, d);
+                on_datagram(meta.addr, d, meta.timestamp);
                 count += 1;
             }
         }
@@ -271,6 +283,31 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[tokio::test]
+    async fn received_datagrams_carry_the_kernels_arrival_stamp() {
+        let mut rx = MediaSocket::bind(addr(0), 4).expect("binds");
+        let tx = MediaSocket::bind(addr(0), 4).expect("binds");
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
+        tx.send_to(b"stamped", rx.local_addr().expect("an address"))
+            .await;
+        rx.socket.readable().await.expect("readable");
+        let mut got = Vec::new();
+        rx.try_recv_stamped(|_, d, stamp| got.push((d.to_vec(), stamp)))
+            .expect("a datagram");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, b"stamped");
+        let stamp = got[0].1.expect("Linux stamps received datagrams");
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
+        assert!(
+            before <= stamp && stamp <= after,
+            "{before:?} {stamp:?} {after:?}"
+        );
     }
 
     #[test]
