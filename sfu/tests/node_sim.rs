@@ -1027,6 +1027,30 @@ fn flexfec_rebuilds_lost_video_packets() {
     assert_eq!(c.seq_conflicts, 0, "one payload per sequence number");
 }
 
+/// A publisher and two subscribers; the publisher sends its own video FEC
+/// (sized for 10 % loss) or none, and no retransmissions, over an uplink
+/// losing 10 % for 10 s, then a clean second (an FEC packet lost after the
+/// last media packet would leave no gap to count), then 500 ms to drain.
+fn publisher_fec_run(config: SimConfig, fec: bool) -> (SimNet, ClientId, Vec<ClientId>, Camera) {
+    let mut sim = SimNet::new(config);
+    let (publisher, subs) = room(&mut sim, 2, false);
+    sim.client_mut(publisher).retransmits = false;
+    sim.client_mut(publisher).video_fec_loss = fec.then_some(0.10);
+    let mut cam = Camera::new(publisher, 1, 0, 0);
+    for (loss, secs) in [(0.10, 10), (0.0, 1)] {
+        sim.set_uplink_loss(publisher, loss);
+        drive(
+            &mut sim,
+            Some(&mut cam),
+            None,
+            Duration::from_secs(secs),
+            |_, _| {},
+        );
+    }
+    sim.run_for(Duration::from_millis(500));
+    (sim, publisher, subs, cam)
+}
+
 /// A publisher that sends ULPFEC in RED (as Chrome does for VP8 when it is
 /// negotiated) over an uplink losing 10 %, retransmitting nothing: the node
 /// rebuilds lost packets from the FEC, byte for byte, forwards them in
@@ -1035,31 +1059,13 @@ fn flexfec_rebuilds_lost_video_packets() {
 #[test]
 fn ulpfec_from_the_publisher_recovers_uplink_loss() {
     let run = |fec: bool| {
-        let mut sim = sim(16);
-        let (publisher, subs) = room(&mut sim, 2, false);
-        sim.client_mut(publisher).retransmits = false;
-        sim.client_mut(publisher).video_fec_loss = fec.then_some(0.10);
-        sim.set_uplink_loss(publisher, 0.10);
-        let mut cam = Camera::new(publisher, 1, 0, 0);
-        drive(
-            &mut sim,
-            Some(&mut cam),
-            None,
-            Duration::from_secs(10),
-            |_, _| {},
-        );
-        // A clean last second: an FEC packet lost after the last media
-        // packet would leave no gap, and the count below could not tell.
-        sim.set_uplink_loss(publisher, 0.0);
-        drive(
-            &mut sim,
-            Some(&mut cam),
-            None,
-            Duration::from_secs(1),
-            |_, _| {},
-        );
-        sim.run_for(Duration::from_millis(500));
-        (sim, publisher, subs, cam)
+        publisher_fec_run(
+            SimConfig {
+                seed: 16,
+                ..SimConfig::default()
+            },
+            fec,
+        )
     };
     let ratio_of =
         |sim: &SimNet, sub: ClientId, cam: &Camera| video_delivered(sim, sub, cam, cam.sent.len());
@@ -1121,25 +1127,14 @@ fn ulpfec_from_the_publisher_recovers_uplink_loss() {
 #[test]
 fn flexfec_from_the_publisher_recovers_uplink_loss() {
     let run = |fec: bool| {
-        let mut sim = SimNet::new(SimConfig {
-            seed: 16,
-            client_flexfec: true,
-            ..SimConfig::default()
-        });
-        let (publisher, subs) = room(&mut sim, 2, false);
-        sim.client_mut(publisher).retransmits = false;
-        sim.client_mut(publisher).video_fec_loss = fec.then_some(0.10);
-        sim.set_uplink_loss(publisher, 0.10);
-        let mut cam = Camera::new(publisher, 1, 0, 0);
-        drive(
-            &mut sim,
-            Some(&mut cam),
-            None,
-            Duration::from_secs(10),
-            |_, _| {},
-        );
-        sim.run_for(Duration::from_millis(500));
-        (sim, publisher, subs, cam)
+        publisher_fec_run(
+            SimConfig {
+                seed: 16,
+                client_flexfec: true,
+                ..SimConfig::default()
+            },
+            fec,
+        )
     };
     let (plain, _, plain_subs, plain_cam) = run(false);
     let without = video_delivered(&plain, plain_subs[0], &plain_cam, plain_cam.sent.len());
