@@ -7,6 +7,8 @@
 //! Sequence numbers are not XORed (a lost packet's is its mask position) and neither is the SSRC
 //! (the stream is known). Only the layout of the header around those fields differs.
 
+use std::collections::VecDeque;
+
 use crate::rtp::{self, RtpError, FIXED_HEADER_LEN};
 use thiserror::Error;
 
@@ -142,15 +144,24 @@ pub(crate) struct Protection {
 }
 
 /// Media packets collected for protection, copied into buffers that are reused group after group.
+///
+/// Besides the current group it may keep the last few groups already protected (`carry`), so
+/// that each repair packet of the current group also protects one packet of each of them.
 #[derive(Debug)]
 pub(crate) struct MediaGroup {
-    /// The first `len` entries hold the group's packets; the rest are spare buffers.
+    /// The first `len` entries hold the carried groups' packets, then the current group's; the
+    /// rest are spare buffers.
     packets: Vec<Vec<u8>>,
     seqs: Vec<u16>,
     len: usize,
     ssrc: u32,
     /// Number of mask positions in the format, and so the largest allowed span.
     max_span: u16,
+    /// How many earlier groups to keep.
+    carry: usize,
+    /// Sizes of the earlier groups kept, oldest first; they fill `packets[..carried]`.
+    carried_groups: VecDeque<usize>,
+    carried: usize,
 }
 
 impl MediaGroup {
@@ -163,28 +174,70 @@ impl MediaGroup {
             len: 0,
             ssrc: 0,
             max_span: max_span.min(128),
+            carry: 0,
+            carried_groups: VecDeque::new(),
+            carried: 0,
         }
     }
 
+    /// Packets in the current group.
     pub fn len(&self) -> usize {
-        self.len
+        self.len - self.carried
     }
 
     pub fn ssrc(&self) -> u32 {
         self.ssrc
     }
 
-    /// Forget the group's packets, keeping their buffers.
+    /// Forget all packets, the carried groups' too, keeping their buffers.
     pub fn clear(&mut self) {
         self.len = 0;
         self.seqs.clear();
+        self.carried_groups.clear();
+        self.carried = 0;
+    }
+
+    /// Keep up to `groups` earlier groups for the repair packets of later ones.
+    pub fn set_carry(&mut self, groups: usize) {
+        self.carry = groups;
+        while self.carried_groups.len() > groups {
+            self.drop_oldest();
+        }
+    }
+
+    /// The current group has been protected: it becomes the newest carried group (or is
+    /// forgotten, without carry), and a new group starts.
+    pub fn finish(&mut self) {
+        if self.carry == 0 {
+            self.clear();
+            return;
+        }
+        let current = self.len();
+        if current > 0 {
+            self.carried_groups.push_back(current);
+            self.carried = self.len;
+        }
+        while self.carried_groups.len() > self.carry {
+            self.drop_oldest();
+        }
+    }
+
+    /// Forget the oldest carried group; its buffers become spares.
+    fn drop_oldest(&mut self) {
+        let Some(n) = self.carried_groups.pop_front() else {
+            return;
+        };
+        self.packets[..self.len].rotate_left(n);
+        self.seqs.drain(..n);
+        self.len -= n;
+        self.carried -= n;
     }
 
     pub fn push(&mut self, packet: &[u8]) -> Result<(), GroupError> {
         rtp::check(packet)?;
         let seq = rtp::seq(packet);
         let ssrc = rtp::ssrc(packet);
-        if let (Some(&first), Some(&last)) = (self.seqs.first(), self.seqs.last()) {
+        if let Some(&last) = self.seqs.last() {
             if ssrc != self.ssrc {
                 return Err(GroupError::SsrcMismatch {
                     expected: self.ssrc,
@@ -192,18 +245,24 @@ impl MediaGroup {
                 });
             }
             // Both distances must be small: from the last packet to rule out a reordered one,
-            // from the first to keep the group inside the mask.
+            // from the group's first to keep the group inside the mask.
             let step = seq.wrapping_sub(last);
             if step == 0 || step >= self.max_span {
                 return Err(GroupError::NotIncreasing { last, got: seq });
             }
-            let span = seq.wrapping_sub(first);
-            if span >= self.max_span {
-                return Err(GroupError::SpanTooLarge {
-                    got: seq,
-                    span,
-                    max: self.max_span,
-                });
+            if let Some(&first) = self.seqs.get(self.carried) {
+                let span = seq.wrapping_sub(first);
+                if span >= self.max_span {
+                    return Err(GroupError::SpanTooLarge {
+                        got: seq,
+                        span,
+                        max: self.max_span,
+                    });
+                }
+            }
+            // Carried groups that would stretch a mask past its span are let go.
+            while self.carried > 0 && seq.wrapping_sub(self.seqs[0]) >= self.max_span {
+                self.drop_oldest();
             }
         } else {
             self.ssrc = ssrc;
@@ -236,19 +295,30 @@ impl MediaGroup {
         out: &mut Vec<u8>,
         header_len: impl FnOnce(u16) -> usize,
     ) -> Option<Protection> {
-        if count == 0 || count > self.len || index >= count {
+        let (carried, len) = (self.carried, self.len());
+        if count == 0 || count > len || index >= count {
             return None;
         }
-        let (len, consecutive) = (
-            self.len,
-            index * self.len / count..(index + 1) * self.len / count,
-        );
+        let consecutive = index * len / count..(index + 1) * len / count;
         let protects = move |i: &usize| match kind {
             MaskKind::Overlapping if count >= 3 => i % count == index || (i + 1) % count == index,
             MaskKind::Interleaved | MaskKind::Overlapping => i % count == index,
             MaskKind::Consecutive => consecutive.contains(i),
         };
-        let indices = (0..len).filter(protects);
+        // One packet of each carried group, oldest first (so indices ascend), rotating with
+        // the group's distance so that successive groups' repair packets cover different ones.
+        let groups = self.carried_groups.len();
+        let from_carried = self
+            .carried_groups
+            .iter()
+            .scan(0, |start, &n| {
+                let at = *start;
+                *start += n;
+                Some((at, n))
+            })
+            .enumerate()
+            .map(move |(g, (at, n))| at + (index + groups - g) % n);
+        let indices = from_carried.chain((0..len).filter(protects).map(move |i| carried + i));
         let first = indices.clone().next()?;
         let base = self.seqs[first];
         let head = &self.packets[first];
@@ -339,6 +409,48 @@ mod tests {
             covered(&group, MaskKind::Interleaved, 2),
             covered(&group, MaskKind::Overlapping, 2)
         );
+    }
+
+    #[test]
+    fn carried_groups_add_one_packet_each_and_leave_when_out_of_span() {
+        let mut group = MediaGroup::new(48);
+        group.set_carry(2);
+        for (seqs, _) in [(10..14, "first"), (20..23, "second")] {
+            for seq in seqs {
+                group.push(&packet(seq, 7, 20)).expect("in order");
+            }
+            group.finish();
+        }
+        for seq in 30..34 {
+            group.push(&packet(seq, 7, 20)).expect("in order");
+        }
+        assert_eq!(4, group.len(), "only the current group counts");
+        // Repair j: packet (j + 2) mod 4 of the first group, (j + 1) mod 3 of the
+        // second, then the current group's own layout.
+        assert_eq!(
+            vec![vec![12, 21, 30, 32], vec![13, 22, 31, 33]],
+            covered(&group, MaskKind::Interleaved, 2)
+        );
+        group.finish();
+        // Three groups finished, two kept: the first is gone.
+        group.push(&packet(40, 7, 20)).expect("in order");
+        assert_eq!(
+            vec![vec![22, 31, 40]],
+            covered(&group, MaskKind::Interleaved, 1)
+        );
+        // A packet 48 past the second group's first lets that group go.
+        group
+            .push(&packet(68, 7, 20))
+            .expect("within the current group's span");
+        assert_eq!(
+            vec![vec![31, 40, 68]],
+            covered(&group, MaskKind::Interleaved, 1)
+        );
+        // Without carry a finished group is forgotten.
+        group.set_carry(0);
+        group.finish();
+        group.push(&packet(70, 7, 20)).expect("in order");
+        assert_eq!(vec![vec![70]], covered(&group, MaskKind::Interleaved, 1));
     }
 
     #[test]

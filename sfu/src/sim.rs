@@ -970,6 +970,10 @@ impl SimNet {
                 } else {
                     VideoFec::ulpfec_for_mline(&c.rtc, mid)
                 };
+                // libwebrtc protects each frame alone.
+                if let Some(f) = out.fec.as_mut() {
+                    f.set_carried_frames(0);
+                }
                 if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(mid, rid) {
                     tx.set_tap(true);
                 }

@@ -160,6 +160,13 @@ impl Encoder {
         }
     }
 
+    pub fn set_carry(&mut self, groups: usize) {
+        match self {
+            Encoder::Ulpfec(e) => e.set_carry(groups),
+            Encoder::Flexfec(e) => e.set_carry(groups),
+        }
+    }
+
     /// Repair data for a whole group.
     pub fn protect(&mut self, group: &[Vec<u8>], num_fec: usize, kind: MaskKind) -> Vec<Vec<u8>> {
         for packet in group {

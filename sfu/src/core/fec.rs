@@ -61,6 +61,18 @@ pub fn protection_rate(loss: f32, rtt: Duration) -> f64 {
     ((0.1 + 4.0 * f64::from(loss)) * (1.0 + 0.5 * long)).min(cap)
 }
 
+/// Earlier frames each FEC packet also protects one packet of (the fec
+/// crate's `set_carry`). A packet its own frame's FEC cannot rebuild gets
+/// two more frames' FEC packets to be rebuilt from, ≈ 67 ms later at
+/// 30 fps, well inside a receiver's jitter buffer on a link that loses this
+/// much. With the same FEC packets, at 30 % random loss and one FEC packet
+/// per media packet this leaves 1.5 % of media missing instead of 5.2 %,
+/// and at 20 % 0.1 % instead of 1.4 % (the fec crate's
+/// `carrying_earlier_groups_leaves_fewer_missing`); in the loss bench, 30 %
+/// at 150 ms RTT went from 98.4 to 99.4 % in time. Three frames gained no
+/// more there.
+pub const CARRIED_FRAMES: usize = 2;
+
 /// FEC packets due after a frame whose packets are not all tapped yet.
 #[derive(Debug, Clone, Copy)]
 struct Job {
@@ -138,11 +150,20 @@ pub struct VideoFec {
 impl VideoFec {
     /// `None` for a FlexFEC payload type the encoder refuses (above 127).
     pub fn new(form: FecForm, zero_ids: Vec<u8>) -> Option<Self> {
+        let carry = CARRIED_FRAMES;
         let encoder = match form {
-            FecForm::Ulpfec { .. } => Encoder::Ulpfec(UlpfecEncoder::new()),
+            FecForm::Ulpfec { .. } => {
+                let mut e = UlpfecEncoder::new();
+                e.set_carry(carry);
+                Encoder::Ulpfec(e)
+            }
             // str0m numbers and addresses repair packets; the encoder's own
             // header fields are dropped (`on_tapped`).
-            FecForm::Flexfec { pt } => Encoder::Flexfec(FlexfecEncoder::new(*pt, 0, 0).ok()?),
+            FecForm::Flexfec { pt } => {
+                let mut e = FlexfecEncoder::new(*pt, 0, 0).ok()?;
+                e.set_carry(carry);
+                Encoder::Flexfec(e)
+            }
         };
         Some(VideoFec {
             form,
@@ -157,6 +178,15 @@ impl VideoFec {
             fec_bytes: 0,
             fec_packets: 0,
         })
+    }
+
+    /// Protect each frame alone (0) or carry `frames` earlier frames (see
+    /// [`CARRIED_FRAMES`], the default).
+    pub fn set_carried_frames(&mut self, frames: usize) {
+        match &mut self.encoder {
+            Encoder::Ulpfec(e) => e.set_carry(frames),
+            Encoder::Flexfec(e) => e.set_carry(frames),
+        }
     }
 
     /// Turns FEC on or off from the subscriber's loss, with hysteresis.
