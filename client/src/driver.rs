@@ -709,6 +709,13 @@ impl Driver {
                     return;
                 };
                 out.pt = Some(pt);
+                // Answer every NACK, as libwebrtc does (its retransmissions
+                // may use up to the whole target rate): str0m's default
+                // stops resending above 15 % of the bytes, which on a lossy
+                // uplink drops most of what the SFU asks for.
+                if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(out.mid, None) {
+                    tx.set_rtx_cache(1024, Duration::from_secs(3), None);
+                }
                 pt
             }
         };
