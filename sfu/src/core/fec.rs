@@ -158,12 +158,14 @@ impl VideoFec {
                 Encoder::Ulpfec(e)
             }
             // str0m numbers and addresses repair packets; the encoder's own
-            // header fields are dropped (`on_tapped`).
-            FecForm::Flexfec { pt } => {
-                let mut e = FlexfecEncoder::new(*pt, 0, 0).ok()?;
-                e.set_carry(carry);
-                Encoder::Flexfec(e)
-            }
+            // header fields are dropped (`on_tapped`). Each frame alone,
+            // with interleaved masks: FlexFEC goes to receivers without
+            // ULPFEC, which are not libwebrtc, and webrtc-rs's decoder does
+            // not zero the mutable header extensions, so a packet it
+            // rebuilds from another rebuilt one (the chains that carried
+            // frames and overlapping masks make) comes out altered
+            // (`tests/interop_webrtc_rs.rs` caught it with carried frames).
+            FecForm::Flexfec { pt } => Encoder::Flexfec(FlexfecEncoder::new(*pt, 0, 0).ok()?),
         };
         Some(VideoFec {
             form,
@@ -232,7 +234,12 @@ impl VideoFec {
         } else {
             0
         };
-        let kind = mask_kind(self.group_len, n, loss);
+        // FlexFEC: interleaved only, so no packet is rebuilt from a rebuilt
+        // one (see `new`).
+        let kind = match self.form {
+            FecForm::Ulpfec { .. } => mask_kind(self.group_len, n, loss),
+            FecForm::Flexfec { .. } => MaskKind::Interleaved,
+        };
         self.group_len = 0;
         (n, kind)
     }
@@ -733,6 +740,30 @@ mod tests {
         assert_eq!(mask_kind(4, 3, 0.3), MaskKind::Overlapping);
         assert_eq!(mask_kind(10, 3, 0.3), MaskKind::Interleaved);
         assert_eq!(mask_kind(4, 2, 0.05), MaskKind::Interleaved);
+    }
+
+    /// FlexFEC receivers are not libwebrtc, and webrtc-rs alters packets
+    /// rebuilt from rebuilt ones: interleaved masks only, each frame alone.
+    #[test]
+    fn flexfec_never_chains_recovery() {
+        let rtt = Duration::from_millis(150);
+        let frame = |fec: &mut VideoFec| {
+            for _ in 0..4 {
+                fec.on_media(false, 0.3, rtt);
+            }
+            fec.on_media(true, 0.3, rtt)
+        };
+        let mut ulpfec = VideoFec::new(
+            FecForm::Ulpfec {
+                red_pt: 116.into(),
+                ulpfec_pt: 118.into(),
+            },
+            vec![],
+        )
+        .expect("ULPFEC");
+        assert_eq!((5, MaskKind::Overlapping), frame(&mut ulpfec));
+        let mut flexfec = VideoFec::new(FecForm::Flexfec { pt: 49.into() }, vec![]).expect("PT");
+        assert_eq!((5, MaskKind::Interleaved), frame(&mut flexfec));
     }
 
     #[test]
