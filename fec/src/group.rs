@@ -415,7 +415,7 @@ mod tests {
     fn carried_groups_add_one_packet_each_and_leave_when_out_of_span() {
         let mut group = MediaGroup::new(48);
         group.set_carry(2);
-        for (seqs, _) in [(10..14, "first"), (20..23, "second")] {
+        for seqs in [10..14, 20..23] {
             for seq in seqs {
                 group.push(&packet(seq, 7, 20)).expect("in order");
             }

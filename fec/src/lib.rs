@@ -12,8 +12,8 @@
 //!
 //! Nothing here reads a clock or does I/O. Encoders collect a group and generate repair data on
 //! request (optionally also covering the last few groups, `set_carry`, which at high or bursty
-//! loss rebuilds far more for the same repair packets); decoders take packets through `handle_*` and hand out recovered packets through
-//! `poll_recovered`. Their memory is bounded by sequence-number distance ([`WINDOW`]) and by a
+//! loss rebuilds far more for the same repair packets); decoders take packets through
+//! `handle_*` and hand out recovered packets through `poll_recovered`. Their memory is bounded by sequence-number distance ([`WINDOW`]) and by a
 //! count of pending repair packets ([`MAX_PENDING`]). Malformed input yields an error value,
 //! never a panic.
 //!
