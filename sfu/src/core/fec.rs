@@ -150,11 +150,10 @@ pub struct VideoFec {
 impl VideoFec {
     /// `None` for a FlexFEC payload type the encoder refuses (above 127).
     pub fn new(form: FecForm, zero_ids: Vec<u8>) -> Option<Self> {
-        let carry = CARRIED_FRAMES;
         let encoder = match form {
             FecForm::Ulpfec { .. } => {
                 let mut e = UlpfecEncoder::new();
-                e.set_carry(carry);
+                e.set_carry(CARRIED_FRAMES);
                 Encoder::Ulpfec(e)
             }
             // str0m numbers and addresses repair packets; the encoder's own
@@ -183,7 +182,7 @@ impl VideoFec {
     }
 
     /// Protect each frame alone (0) or carry `frames` earlier frames (see
-    /// [`CARRIED_FRAMES`], the default).
+    /// [`CARRIED_FRAMES`], ULPFEC's default; FlexFEC's is 0, see `new`).
     pub fn set_carried_frames(&mut self, frames: usize) {
         match &mut self.encoder {
             Encoder::Ulpfec(e) => e.set_carry(frames),
