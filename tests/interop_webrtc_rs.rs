@@ -1215,24 +1215,13 @@ async fn whep_player_survives_publisher_switch_webrtc_rs() {
 /// publisher's video, byte-identical, is well above the plain player's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whep_player_decodes_flexfec_webrtc_rs() {
-    use meridian_netsim::{Proxy, ProxyConfig};
     init_logging();
     tokio::time::timeout(Duration::from_secs(80), async {
         let server = Server::start(&[]).await;
         let room = "interop-wrs-fec";
         let mut publisher = Publisher::start(&server, room, "pub-f", 0xF1).await;
 
-        let proxy = || async {
-            Proxy::start(ProxyConfig {
-                listen: "127.0.0.1:0".parse().expect("addr"),
-                upstream: server.udp,
-                up: "loss=0%".parse().expect("spec"),
-                down: "loss=10%".parse().expect("spec"),
-                seed: 31,
-            })
-            .await
-            .expect("proxy starts")
-        };
+        let proxy = || common::impaired(&server, "loss=0%", "loss=10%", 31);
         let (fec_proxy, plain_proxy) = (proxy().await, proxy().await);
         let with_fec = RecoveryOptions {
             no_nack: true,

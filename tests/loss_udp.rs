@@ -14,14 +14,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{payload_counts, publish_sample, sample, wait_tracks, Sample, Server};
+use common::{
+    impaired, matched, payload_counts, publish_sample, sample, wait_tracks, Sample, Server,
+};
 use meridian_client::{Client, ClientConfig, ClientEvent};
-use meridian_netsim::{Proxy, ProxyConfig};
 
 /// Appended to every payload of the two measured passes, to tell them from
 /// the warm-up and each other (the SFU does not look past a payload's
 /// first bytes).
 const MARKS: [u8; 2] = [0xE2, 0x3C];
+
+/// 20 % random loss and 30 ms each way (60 ms RTT).
+const LOSSY: &str = "loss=20%,delay=30ms";
 
 fn marked(s: &Sample, mark: u8) -> Sample {
     let mut m = s.clone();
@@ -54,16 +58,7 @@ fn read_payloads(mut s: Client) -> tokio::task::JoinHandle<HashMap<Arc<[u8]>, us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_subscriber_gets_nearly_everything_and_the_clean_one_is_unaffected() {
     let server = Server::start(&[]).await;
-    let lossy_link = "loss=20%,delay=30ms".parse().expect("spec");
-    let proxy = Proxy::start(ProxyConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        upstream: server.udp,
-        up: lossy_link,
-        down: "loss=20%,delay=30ms".parse().expect("spec"),
-        seed: 20,
-    })
-    .await
-    .expect("proxy starts");
+    let proxy = impaired(&server, LOSSY, LOSSY, 20).await;
 
     let warmup = sample();
     let measured = MARKS.map(|m| marked(&warmup, m));
@@ -110,10 +105,7 @@ async fn lossy_subscriber_gets_nearly_everything_and_the_clean_one_is_unaffected
     let mut ratios = Vec::new();
     for h in readers {
         let got = h.await.expect("reader task");
-        let matched: usize = expected
-            .iter()
-            .map(|(p, n)| (*n).min(got.get(p).copied().unwrap_or(0)))
-            .sum();
+        let matched = matched(&expected, &got);
         let extra = got
             .keys()
             .filter(|p| !expected.contains_key(*p) && !warm.contains_key(*p))
@@ -153,15 +145,7 @@ async fn lossy_subscriber_gets_nearly_everything_and_the_clean_one_is_unaffected
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_publishers_video_is_recovered_by_nack() {
     let server = Server::start(&[]).await;
-    let proxy = Proxy::start(ProxyConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        upstream: server.udp,
-        up: "loss=20%,delay=30ms".parse().expect("spec"),
-        down: "loss=20%,delay=30ms".parse().expect("spec"),
-        seed: 21,
-    })
-    .await
-    .expect("proxy starts");
+    let proxy = impaired(&server, LOSSY, LOSSY, 21).await;
 
     // A warm-up pass first (the subscriber starts at a keyframe the link may
     // have cut), then a marked pass is measured.
@@ -193,10 +177,7 @@ async fn lossy_publishers_video_is_recovered_by_nack() {
     publish_sample(publisher.sender(), &warmup).await;
     publish_sample(publisher.sender(), &clip).await;
     let got = reader.await.expect("reader task");
-    let matched: usize = expected
-        .iter()
-        .map(|(p, n)| (*n).min(got.get(p).copied().unwrap_or(0)))
-        .sum();
+    let matched = matched(&expected, &got);
     let stats = proxy.stats();
     eprintln!(
         "video {matched} of {total} ({:.2} %); proxy up {}",

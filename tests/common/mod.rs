@@ -187,6 +187,34 @@ pub fn sample() -> Sample {
     }
 }
 
+/// An impairment proxy in front of `server`'s UDP port, losing and delaying
+/// as `up` (client → server) and `down` say (`meridian netsim` specs).
+pub async fn impaired(
+    server: &Server,
+    up: &str,
+    down: &str,
+    seed: u64,
+) -> meridian_netsim::ProxyHandle {
+    meridian_netsim::Proxy::start(meridian_netsim::ProxyConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        upstream: server.udp,
+        up: up.parse().expect("up spec"),
+        down: down.parse().expect("down spec"),
+        seed,
+    })
+    .await
+    .expect("proxy starts")
+}
+
+/// How many of the `expected` payloads `got` holds, each counted at most as
+/// often as it was sent.
+pub fn matched(expected: &HashMap<Arc<[u8]>, usize>, got: &HashMap<Arc<[u8]>, usize>) -> usize {
+    expected
+        .iter()
+        .map(|(p, n)| (*n).min(got.get(p).copied().unwrap_or(0)))
+        .sum()
+}
+
 /// Every payload the publisher will send, with how often (payloads repeat
 /// rarely, e.g. Opus silence), to check what subscribers got byte for byte.
 pub fn payload_counts(streams: &[&CapturedStream]) -> HashMap<Arc<[u8]>, usize> {
