@@ -729,7 +729,9 @@ impl Driver {
         tx.write_rtp(
             RtpWrite::new(pt, seq, p.timestamp, Instant::now(), p.payload)
                 .marker(p.marker)
-                .nackable(p.kind == MediaKind::Video),
+                // str0m keeps what it can resend: video (RTX), and Opus (NACK
+                // without RTX, see `codec::rtc_config`).
+                .nackable(true),
         );
     }
 

@@ -289,8 +289,10 @@ fn run(
             stats.bytes_forwarded - before.bytes_forwarded
         );
         eprintln!(
-            "subscriber rebuilt {} packets from FEC",
-            sim.client(sub).fec_recovered
+            "subscriber rebuilt {} packets from FEC; publisher got {} NACKs; drops {:?}",
+            sim.client(sub).fec_recovered,
+            sim.client(src.publisher).nacks_received(),
+            stats.drops
         );
         let video_seen: usize = video_added.iter().sum();
         eprintln!(

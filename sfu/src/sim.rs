@@ -1001,7 +1001,7 @@ impl SimNet {
             RtpWrite::new(wire_pt, SeqNo::from(seq), timestamp, now, body)
                 .ext_vals(ext)
                 .marker(marker)
-                .nackable(kind == MediaKind::Video && c.retransmits),
+                .nackable(c.retransmits),
         );
         // str0m sends written RTP on the next tick.
         if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {

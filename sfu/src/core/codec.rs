@@ -9,15 +9,27 @@ use str0m::{Rtc, RtcConfig};
 /// The str0m configuration every Meridian peer uses, server or client: RTP
 /// mode, and the codecs we forward (Opus, with RED; VP8, H.264, VP9), with
 /// video RED + ULPFEC (vendored str0m's `video-fec-pts` patch).
+///
+/// Opus also gets generic NACK (`a=rtcp-fb:111 nack`; str0m's `audio-nack`
+/// patch): audio is NACKed and retransmitted as sent, without RTX, as
+/// libwebrtc does when it is negotiated. A packet a publisher's RED did not
+/// carry can then still be fetched, which one RED block cannot give at 10 %
+/// loss (≈ 1 % of audio stays lost).
 pub fn rtc_config() -> RtcConfig {
-    Rtc::builder()
+    let mut config = Rtc::builder()
         .set_rtp_mode(true)
         .clear_codecs()
         .enable_opus(true, true)
         .enable_video_fec(true)
         .enable_vp8(true)
         .enable_h264(true)
-        .enable_vp9(true)
+        .enable_vp9(true);
+    for p in config.codec_config().iter_mut() {
+        if p.spec().codec == Codec::Opus {
+            p.set_fb_nack(true);
+        }
+    }
+    config
 }
 
 /// The payload type `rtc` sends `codec` with on `mid`: the first of its

@@ -27,6 +27,11 @@ use str0m::rtp::VideoOrientation;
 /// 5 Mbit/s stream at ~1100-byte packets is ~570 packets.
 pub const HISTORY_PACKETS: usize = 1024;
 
+/// Packets kept per incoming audio track, and outgoing audio packets
+/// remembered per subscriber stream (power of two): 1.28 s of Opus at 10 ms
+/// frames, 2.56 s at 20 ms, beyond the resend policy's `max_age`.
+pub const AUDIO_PACKETS: usize = 128;
+
 /// Outgoing packets remembered per subscriber stream (power of two): 1 s of
 /// 5 Mbit/s video at 40 bytes each (str0m's own cache kept a ~300-byte
 /// header copy per packet).
@@ -301,7 +306,14 @@ impl Sequencer {
             Some(_) => {}
         }
         let i = self.slot(out_seq);
-        self.entries[i] = entry(out_seq, src_seq, false);
+        // A hole the subscriber NACKed before the packet came (receivers
+        // NACK a gap at once): its next NACK is a retry, not a new loss.
+        let old = &self.entries[i];
+        let nacked_hole = old.hole && old.nacked && old.out_seq_plus1 == out_seq.wrapping_add(1);
+        self.entries[i] = SeqEntry {
+            nacked: nacked_hole,
+            ..entry(out_seq, src_seq, false)
+        };
         self.budget =
             (self.budget + len as f32 * policy.budget_share).min(policy.budget_max as f32);
     }

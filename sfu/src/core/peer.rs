@@ -233,6 +233,8 @@ pub(crate) struct Peer {
     pub connected: bool,
     /// Removed unless ICE+DTLS connect by then.
     pub connect_deadline: Option<Instant>,
+    /// Since when ICE has been disconnected (it may come back).
+    pub ice_lost_at: Option<Instant>,
     /// Round-trip time from RTCP receiver reports (a default until known).
     pub rtt: Duration,
     /// Audio redundancy towards this peer, from the loss its receiver

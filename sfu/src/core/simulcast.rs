@@ -159,8 +159,11 @@ impl Layer {
     /// The packet history for packets of `source`; cleared when the source
     /// changes (a new generation), so old sequencer entries cannot fetch a
     /// packet of the new source.
-    pub fn history(&mut self, source: SourceKey) -> &mut PacketHistory {
-        let h = self.history.get_or_insert_with(PacketHistory::default);
+    /// The layer's packet history, made with room for `capacity` packets.
+    pub fn history(&mut self, source: SourceKey, capacity: usize) -> &mut PacketHistory {
+        let h = self
+            .history
+            .get_or_insert_with(|| PacketHistory::new(capacity));
         if self.history_source != Some(source) {
             h.new_generation();
             self.history_source = Some(source);

@@ -26,7 +26,8 @@ use super::demux::{Demux, DemuxMiss};
 use super::fec::{FecForm, FecPacket, Unwrapped, VideoFec};
 use super::forward::{Decision, Forwarder, FwdPacket};
 use super::history::{
-    HistPacket, ResendOutcome, ResendPolicy, SentPacket, Sequencer, SEQUENCER_PACKETS,
+    HistPacket, ResendOutcome, ResendPolicy, SentPacket, Sequencer, AUDIO_PACKETS, HISTORY_PACKETS,
+    SEQUENCER_PACKETS,
 };
 use super::ids::{PeerId, RoomId, TrackId};
 use super::peer::{Negotiation, OutTrack, Peer, PeerKind, PendingOffer, PtMap, Published};
@@ -51,6 +52,14 @@ const DEMUX_EVICT_INTERVAL: Duration = Duration::from_secs(10);
 /// A peer that has not completed ICE + DTLS this long after its SDP was
 /// accepted is removed; a client that never connects must not hold state.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A peer whose ICE stays disconnected this long is removed. ICE's
+/// "disconnected" is transient: on a lossy link a run of lost binding
+/// requests gets there, and the next one that arrives brings it back (media
+/// keeps flowing meanwhile). str0m's ICE-lite agent counts a pair as alive
+/// for 15 s after the remote's last binding request; consent freshness
+/// (RFC 7675) gives up after 30 s.
+const ICE_DISCONNECT_GRACE: Duration = Duration::from_secs(15);
 
 /// Round-trip time assumed for a subscriber until its receiver reports
 /// give one.
@@ -607,6 +616,7 @@ impl Node {
             // Whatever the kind, a peer must be connected this long after
             // joining (a WebSocket client that never offers included).
             connect_deadline: Some(self.now + CONNECT_TIMEOUT),
+            ice_lost_at: None,
             rtt: DEFAULT_RTT,
             red: RedLevel::default(),
             loss: LossEstimate::default(),
@@ -1097,6 +1107,19 @@ impl Node {
             debug!(peer = %id, "peer never connected");
             self.remove_peer(id, "connection timed out", false);
         }
+        let lost: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.ice_lost_at
+                    .is_some_and(|t| t + ICE_DISCONNECT_GRACE <= now)
+            })
+            .map(|p| p.id)
+            .collect();
+        for id in lost {
+            debug!(peer = %id, "ICE did not come back");
+            self.remove_peer(id, "ICE disconnected", false);
+        }
         self.rooms.retain(|_, r| !r.is_empty());
         if now >= self.next_evict {
             self.demux.evict_idle(now);
@@ -1288,7 +1311,13 @@ impl Node {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 debug!(peer = %id, "ICE disconnected");
                 if let Some(p) = self.peers.get_mut(&id) {
-                    p.rtc.disconnect();
+                    p.ice_lost_at.get_or_insert(self.now);
+                }
+            }
+            Event::IceConnectionStateChange(state) => {
+                if let Some(p) = self.peers.get_mut(&id).filter(|p| p.ice_lost_at.is_some()) {
+                    debug!(peer = %id, ?state, "ICE back");
+                    p.ice_lost_at = None;
                 }
             }
             Event::MediaAdded(m) => self.on_media_added(id, m),
@@ -1769,6 +1798,8 @@ impl Node {
         // What goes out: the packet itself or, from a publisher's RED, the
         // copies of packets that never arrived (oldest first), then its primary.
         let mut units: [Option<Unit>; 1 + MAX_LEVEL as usize] = Default::default();
+        // Audio packets rebuilt from the publisher's RED.
+        let mut red_recovered: [Option<u64>; 1 + MAX_LEVEL as usize] = Default::default();
         if video {
             units[0] = Some(Unit {
                 seq,
@@ -1797,6 +1828,9 @@ impl Node {
                     });
                 }
                 self.stats.red_recovered += units.iter().flatten().count().saturating_sub(1) as u64;
+                for (slot, u) in red_recovered.iter_mut().zip(units.iter().flatten()) {
+                    *slot = Some(u.seq).filter(|s| *s != seq);
+                }
             } else {
                 units[0] = Some(Unit {
                     seq,
@@ -1830,16 +1864,25 @@ impl Node {
                 layer: layer as u8,
                 resume_epoch: track.resume_epoch,
             };
-            // One copy of each video packet for NACKs, shared by all subscribers.
-            let generation = match track.layers.get_mut(layer).filter(|_| video) {
+            // One copy of each packet for NACKs, shared by all subscribers
+            // (audio too: NACK is negotiated for Opus, see `codec::rtc_config`).
+            let generation = match track.layers.get_mut(layer) {
                 Some(l) => {
-                    let h = l.history(fwd.source);
+                    let h = l.history(
+                        fwd.source,
+                        if video {
+                            HISTORY_PACKETS
+                        } else {
+                            AUDIO_PACKETS
+                        },
+                    );
                     h.insert(
                         HistPacket {
                             at: now,
                             seq: fwd.seq,
                             marker: unit.marker,
-                            pt,
+                            // The codec's: audio from a publisher's RED is unwrapped.
+                            pt: params.pt(),
                             payload: unit.payload.clone(),
                             orientation: ext.video_orientation,
                         },
@@ -2004,7 +2047,14 @@ impl Node {
                 if let Some(generation) = generation {
                     let policy = resend.as_ref().unwrap_or(&ResendPolicy::DEFAULT);
                     out.seq
-                        .get_or_insert_with(|| Sequencer::new(SEQUENCER_PACKETS, now))
+                        .get_or_insert_with(|| {
+                            let n = if video {
+                                SEQUENCER_PACKETS
+                            } else {
+                                AUDIO_PACKETS
+                            };
+                            Sequencer::new(n, now)
+                        })
                         .sent(
                             now,
                             SentPacket {
@@ -2029,6 +2079,19 @@ impl Node {
                 self.stats.bytes_forwarded += payload.len() as u64;
                 sub.needs_tick = true;
                 Self::mark_dirty(&mut self.dirty, sub);
+            }
+        }
+        // str0m must neither NACK what RED rebuilt nor take a retransmission
+        // of it as new.
+        if let (true, Some(p)) = (
+            red_recovered.iter().any(Option::is_some),
+            self.peers.get_mut(&from),
+        ) {
+            let mut api = p.rtc.direct_api();
+            if let Some(rx) = api.stream_rx(&ssrc) {
+                for s in red_recovered.into_iter().flatten() {
+                    rx.mark_recovered(s.into());
+                }
             }
         }
         // Subscribers wait for a keyframe: ask the publisher (throttled).
@@ -2113,11 +2176,11 @@ impl Node {
             nack.unknown += req.seq_nos.len() as u64;
             return;
         };
-        let Some(layers) = self
+        let Some((layers, video)) = self
             .rooms
             .get(&peer.room)
             .and_then(|r| r.tracks.get(&track_id))
-            .map(|t| &t.layers)
+            .map(|t| (&t.layers, t.kind == MediaKind::Video))
         else {
             nack.unknown += req.seq_nos.len() as u64;
             return;
@@ -2131,7 +2194,11 @@ impl Node {
         let mut resent = false;
         for out_seq in req.seq_nos {
             let (outcome, first) = seq.on_nack(now, *out_seq, rtt, &policy);
-            if first {
+            // The NACK loss sample is over video (`loss.sent` counts video):
+            // a receiver need not NACK audio. A hole the node itself has
+            // (lost upstream, maybe rebuilt from FEC a moment later) is not
+            // the subscriber's loss: receivers NACK a gap at once.
+            if first && video && outcome != ResendOutcome::MissingUpstream {
                 loss.lost += 1;
             }
             if !answer {
@@ -2150,7 +2217,7 @@ impl Node {
             // A packet of the layer it switched away from: the keyframe it
             // switched on made it useless (and its picture ids are mapped
             // for the new layer only).
-            if current_layer != Some(layer) {
+            if video && current_layer != Some(layer) {
                 nack.too_late += 1;
                 continue;
             }
@@ -2163,8 +2230,8 @@ impl Node {
                 nack.unknown += 1;
                 continue;
             };
-            let payload = match vp8.rewrite(&p.payload, &mut self.vp8_buf) {
-                Ok(true) => Arc::from(&self.vp8_buf[..]),
+            let payload = match video.then(|| vp8.rewrite(&p.payload, &mut self.vp8_buf)) {
+                Some(Ok(true)) => Arc::from(&self.vp8_buf[..]),
                 _ => p.payload.clone(),
             };
             for copy in 0..copies {

@@ -1432,7 +1432,13 @@ fn update_media(
 
         // If remote communicated a main a=ssrc, but no RTX, we will not send nacks.
         let midrid = MidRid(media.mid(), None);
-        let suppress_nack = repair_ssrc.is_none();
+        // MERIDIAN PATCH (audio-nack): audio with generic NACK negotiated
+        // is NACKed without RTX.
+        let plain_nack = config
+            .params()
+            .iter()
+            .any(|p| media.remote_pts().contains(&p.pt()) && p.nack_without_rtx());
+        let suppress_nack = repair_ssrc.is_none() && !plain_nack;
         streams.expect_stream_rx(i.ssrc, repair_ssrc, midrid, suppress_nack);
     }
 

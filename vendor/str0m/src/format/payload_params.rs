@@ -242,6 +242,12 @@ impl PayloadParams {
         self.fb_nack
     }
 
+    /// MERIDIAN PATCH (audio-nack): audio with generic NACK (RFC 4585) and
+    /// no RTX: NACKed by the receiver and retransmitted as sent.
+    pub fn nack_without_rtx(&self) -> bool {
+        self.spec.codec.is_audio() && self.fb_nack && self.resend.is_none()
+    }
+
     /// Set whether the payload uses the PLI (Picture Loss Indication) mechanic.
     pub fn set_fb_pli(&mut self, fb_pli: bool) {
         self.fb_pli = fb_pli

@@ -342,7 +342,9 @@ impl Streams {
         }
 
         // If we don't have an RTX PT configured, we don't want NACK.
-        let suppress_nack = payload.resend.is_none();
+        // MERIDIAN PATCH (audio-nack): unless it is audio with generic NACK
+        // negotiated, which the sender answers with plain retransmissions.
+        let suppress_nack = payload.resend.is_none() && !payload.nack_without_rtx();
 
         // If stream already exists, this might only "fill in" the RTX.
         self.expect_stream_rx(ssrc_main, rtx, midrid, suppress_nack);

@@ -759,8 +759,16 @@ impl StreamTx {
                 // it does not need RTX anyway. Plain packets on this PT stay nackable.
                 let is_red_packet = param.red() == Some(pt_main);
                 let rtx_possible = param.resend().is_some() && !is_red_packet;
+                // MERIDIAN PATCH (audio-nack): audio with generic NACK
+                // negotiated and no RTX is retransmitted as it was sent (RED
+                // included), on this SSRC with its own sequence number, as
+                // libwebrtc does. Only on a stream without an RTX SSRC, so
+                // padding (spurious RTX resends) never picks such a packet.
+                let plain_possible = param.nack_without_rtx() && ssrc_rtx.is_none();
 
-                if rtx_possible {
+                if plain_possible {
+                    // Cached as nackable; no padding PT from it.
+                } else if rtx_possible {
                     // Remember PT We want to set these directly on `self` here, but can't
                     // because we already have a mutable borrow. We are using pt_main
                     // since the above loop figuring out param needs to be correct also
@@ -1076,9 +1084,19 @@ impl StreamTx {
             h.push(now, len);
         }
 
-        let seq_no = self.seq_no_rtx.inc();
-
         let orig_seq_no = pkt.seq_no;
+
+        // MERIDIAN PATCH (audio-nack): without an RTX SSRC the cached packet
+        // was plain-nackable (see poll_packet): resend it as it was sent.
+        if self.rtx.is_none() {
+            return Some(NextPacket {
+                kind: NextPacketKind::Retransmit,
+                seq_no: orig_seq_no,
+                pkt,
+            });
+        }
+
+        let seq_no = self.seq_no_rtx.inc();
 
         Some(NextPacket {
             kind: NextPacketKind::Resend(orig_seq_no),
