@@ -233,6 +233,9 @@ pub struct SimClient {
     pub fec_recovered: u64,
     /// NACK messages received on its send streams (str0m's egress stats).
     nacks: std::collections::HashMap<Mid, u64>,
+    /// RTP datagrams it transmitted, by SSRC (read from the SRTP header,
+    /// which is in the clear), before its uplink could lose any.
+    rtp_sent: std::collections::HashMap<u32, u64>,
 }
 
 impl SimClient {
@@ -256,6 +259,11 @@ impl SimClient {
     /// NACK messages its send streams received (as of the last stats event).
     pub fn nacks_received(&self) -> u64 {
         self.nacks.values().sum()
+    }
+
+    /// RTP datagrams it transmitted with `ssrc`.
+    pub fn rtp_sent(&self, ssrc: u32) -> u64 {
+        self.rtp_sent.get(&ssrc).copied().unwrap_or(0)
     }
 
     /// Datagrams its uplink lost (media, RTCP, STUN alike).
@@ -827,6 +835,7 @@ impl SimNet {
             rtt: Duration::from_millis(100),
             fec_recovered: 0,
             nacks: Default::default(),
+            rtp_sent: Default::default(),
         });
         self.drain_client(id);
         self.drain_node();
@@ -1292,6 +1301,12 @@ impl SimNet {
                         continue;
                     }
                     self.link.to_node += 1;
+                    if is_rtp(&t.contents) {
+                        if let Some(ssrc) = t.contents.get(8..12) {
+                            let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
+                            *c.rtp_sent.entry(ssrc).or_default() += 1;
+                        }
+                    }
                     let d = InFlight {
                         from: t.source,
                         to: t.destination,

@@ -240,6 +240,10 @@ pub struct Sequencer {
     max_out: Option<u64>,
 }
 
+/// Slack on top of the subscriber's RTT within which a NACK for a packet
+/// forwarded late is taken to predate it (the receiver's own scheduling).
+const LATE_FILL_MARGIN: Duration = Duration::from_millis(20);
+
 /// Gaps up to this long in the outgoing sequence are remembered as holes.
 const MAX_HOLE: u64 = 64;
 
@@ -329,12 +333,18 @@ impl Sequencer {
         policy: &ResendPolicy,
     ) -> (ResendOutcome, bool) {
         let i = self.slot(out_seq);
+        let now_ms = self.ms(now);
         let e = &mut self.entries[i];
         if e.out_seq_plus1 != out_seq.wrapping_add(1) || e.not_media {
             return (ResendOutcome::Unknown, false);
         }
-        // A packet the SFU never had is not a loss on the subscriber's link.
-        let first = !e.nacked && !e.hole;
+        // A packet the SFU never had is not a loss on the subscriber's link,
+        // nor is one it forwarded late (rebuilt from the publisher's FEC or
+        // retransmission) less than a round trip ago: the subscriber NACKed
+        // the gap before that packet could reach it.
+        let since_sent = Duration::from_millis(now_ms.wrapping_sub(e.sent_ms) as u64);
+        let raced = e.late && since_sent < rtt + LATE_FILL_MARGIN;
+        let first = !e.nacked && !e.hole && !raced;
         e.nacked = true;
         (self.decide(i, now, rtt, policy), first)
     }
@@ -357,8 +367,10 @@ impl Sequencer {
         }
         // A transmission less than one RTT old may still arrive: a NACK for
         // it was sent before it could have (the receiver re-NACKs on its own
-        // timer, also ~RTT). For a first transmission in order that cannot
-        // happen; for a resend, or a packet forwarded late, it does.
+        // timer, also ~RTT, and at once when a new gap opens). For a first
+        // transmission in order that cannot happen; for a resend, or a
+        // packet forwarded late, it does. (0.8 RTT let NACKs that crossed a
+        // late packet on a 2 ms path through: a duplicate each.)
         let last = if e.resends > 0 {
             Some(e.resent_ms)
         } else {
@@ -366,7 +378,7 @@ impl Sequencer {
         };
         if let Some(last) = last {
             let since = Duration::from_millis(now_ms.wrapping_sub(last) as u64);
-            if since < rtt.mul_f32(0.8) {
+            if since < rtt {
                 return ResendOutcome::InFlight;
             }
         }

@@ -55,6 +55,7 @@ pub struct RtcConfig {
     pub(crate) rtp_mode: bool,
     pub(crate) enable_raw_packets: bool,
     pub(crate) keep_rtp_header_bytes: bool,
+    pub(crate) nack_repeat: Option<Duration>,
     pub(crate) pacer_queue_limit: Option<Duration>,
     pub(crate) pacer_burst: bool,
     pub(crate) twcc_send_records: usize,
@@ -786,6 +787,17 @@ impl RtcConfig {
         self
     }
 
+    /// MERIDIAN PATCH (nack-repeat): send every NACK round twice, the second
+    /// copy `repeat` after the first (at most twice that with several gaps),
+    /// so that one lost RTCP packet does not cost the round. A libwebrtc
+    /// sender ignores a NACK for a packet it retransmitted less than one RTT
+    /// ago, so the copy costs a retransmission only when the first NACK was
+    /// lost. Off (`None`) by default.
+    pub fn set_nack_repeat(mut self, repeat: Option<Duration>) -> Self {
+        self.nack_repeat = repeat;
+        self
+    }
+
     /// MERIDIAN PATCH (pacer-queue-limit): with BWE enabled, the longest a
     /// packet should wait in the pacer (default 2 s). The pacer raises its
     /// rate above the estimate to drain the queue within this time. A
@@ -966,6 +978,7 @@ impl Default for RtcConfig {
             rtp_mode: false,
             enable_raw_packets: false,
             keep_rtp_header_bytes: false,
+            nack_repeat: None,
             pacer_queue_limit: None,
             pacer_burst: false,
             twcc_send_records: 1000,

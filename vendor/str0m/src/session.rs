@@ -123,6 +123,10 @@ pub(crate) struct Session {
     /// Whether we are running in RTP-mode.
     pub rtp_mode: bool,
     keep_rtp_header_bytes: bool,
+    /// MERIDIAN PATCH (nack-repeat): delay of each NACK round's second copy.
+    nack_repeat: Option<Duration>,
+    /// When the pending second copies fall due.
+    nack_repeat_at: Option<Instant>,
 
     /// VP9 packetizer mode.
     vp9_packetizer_mode: Vp9PacketizerMode,
@@ -224,6 +228,8 @@ impl Session {
             ice_lite: config.ice_lite,
             rtp_mode: config.rtp_mode,
             keep_rtp_header_bytes: config.keep_rtp_header_bytes,
+            nack_repeat: config.nack_repeat,
+            nack_repeat_at: None,
             vp9_packetizer_mode: config.vp9_packetizer_mode,
             feedback_tx: VecDeque::new(),
             feedback_rx: VecDeque::new(),
@@ -302,7 +308,7 @@ impl Session {
 
         let do_nack = now >= self.nack_at().unwrap_or(not_happening());
 
-        self.streams.handle_timeout(
+        let nacked = self.streams.handle_timeout(
             now,
             sender_ssrc,
             do_nack,
@@ -310,9 +316,22 @@ impl Session {
             StreamTimeoutConfig {
                 codecs: &self.codec_config,
                 intervals: self.intervals,
+                nack_repeat: self.nack_repeat,
             },
             &mut self.feedback_tx,
         );
+        if do_nack {
+            // A round's second copy is due `nack_repeat` after it; an earlier
+            // pending repeat keeps its time (gaps may come faster than that).
+            // A tick of only second copies schedules one more that finds
+            // nothing due.
+            let pending = self.nack_repeat_at.filter(|at| *at > now);
+            let new = self.nack_repeat.filter(|_| nacked).map(|r| now + r);
+            self.nack_repeat_at = match (pending, new) {
+                (Some(p), Some(n)) => Some(p.min(n)),
+                (p, n) => p.or(n),
+            };
+        }
 
         // Flush any pending RRTRs as a DLRR alongside the Sender Report compound packet.
         // We piggyback on the SR cadence so the DLRR doesn't generate extra standalone
@@ -773,6 +792,15 @@ impl Session {
         };
         // A receive stream exists only when MID/SSRC mapping succeeded.
         let (mid, ssrc) = mapped.unwrap();
+
+        // A gap in a NACKed stream is reported now, not at the next NACK tick (up to
+        // NACK_MIN_INTERVAL later): on a long path that wait decides whether the
+        // retransmission can still make it into the receiver's jitter buffer.
+        if !is_repair && stream.opens_nack_gap(seq_no) {
+            if let Some(due) = now.checked_sub(NACK_MIN_INTERVAL) {
+                self.last_nack = self.last_nack.min(due);
+            }
+        }
 
         // Register reception in nack registers.
         let receipt_outer = stream.update_register(now, &header, clock_rate, is_repair, seq_no);
@@ -1409,7 +1437,8 @@ impl Session {
             return None;
         }
 
-        Some(self.last_nack + NACK_MIN_INTERVAL)
+        let regular = self.last_nack + NACK_MIN_INTERVAL;
+        Some(self.nack_repeat_at.map_or(regular, |at| at.min(regular)))
     }
 
     fn twcc_at(&self) -> Option<Instant> {

@@ -419,7 +419,16 @@ fn rtc_config(bwe: bool, flexfec: bool) -> RtcConfig {
         // A publisher's ULPFEC rebuilds packets as they were sent: its
         // decoder needs the received headers (only video RED packets get them).
         .keep_rtp_header_bytes(true)
+        // Upstream NACKs go twice (str0m patch `nack-repeat`): on a long
+        // path there is time for one round only, and a lost NACK lost it.
+        // The publisher ignores the copy when it already resent the packet.
+        .set_nack_repeat(Some(NACK_REPEAT))
 }
+
+/// Delay of the second copy of each upstream NACK round: long enough to
+/// be a separate packet on the wire, short enough to leave the round's
+/// retransmission time to arrive (a 150 ms RTT leaves ≈ 50 ms).
+const NACK_REPEAT: Duration = Duration::from_millis(10);
 
 /// One media packet on its way from a publisher to the forwarders: as
 /// received, or unwrapped from video RED, or rebuilt by ULPFEC.

@@ -35,6 +35,8 @@ pub(crate) use send::{DEFAULT_RTX_CACHE_DURATION, DEFAULT_RTX_RATIO_CAP};
 pub(crate) struct StreamTimeoutConfig<'a> {
     pub(crate) codecs: &'a CodecConfig,
     pub(crate) intervals: RtcpReportIntervals,
+    /// MERIDIAN PATCH (nack-repeat): delay of each NACK round's second copy.
+    pub(crate) nack_repeat: Option<Duration>,
 }
 
 /// Packet of RTP data.
@@ -489,8 +491,13 @@ impl Streams {
         medias: &[Media],
         config: StreamTimeoutConfig<'_>,
         feedback: &mut VecDeque<Rtcp>,
-    ) {
-        let StreamTimeoutConfig { codecs, intervals } = config;
+    ) -> bool {
+        let StreamTimeoutConfig {
+            codecs,
+            intervals,
+            nack_repeat,
+        } = config;
+        let mut nacked = false;
 
         self.mids_to_report.clear(); // Clear for checking StreamRx.
         for stream in self.streams_rx.values() {
@@ -509,7 +516,9 @@ impl Streams {
             }
 
             if do_nack {
-                stream.maybe_create_nack(now, sender_ssrc, feedback);
+                nacked |= stream
+                    .maybe_create_nack(now, sender_ssrc, nack_repeat, feedback)
+                    .is_some();
             }
 
             stream.handle_timeout(now);
@@ -543,6 +552,8 @@ impl Streams {
                 .retain(|_, l| now - l.last_used <= RX_LOOKUP_EXPIRY);
             self.last_rx_lookup_cleanup = now;
         }
+
+        nacked
     }
 
     /// Meridian patch 11: timestamps what was written to the send streams

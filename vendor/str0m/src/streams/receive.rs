@@ -533,6 +533,19 @@ impl StreamRx {
         self.remember_recent(seq_no, time);
     }
 
+    /// Whether receiving `seq_no` opens a gap that will be NACKed: a packet after the next
+    /// expected one, on a stream that NACKs. libwebrtc receivers NACK such a gap at once
+    /// rather than on their periodic timer (Meridian patch `nack-on-gap`).
+    pub(crate) fn opens_nack_gap(&self, seq_no: SeqNo) -> bool {
+        if self.suppress_nack {
+            return false;
+        }
+        self.register
+            .as_ref()
+            .and_then(|r| r.max_seq())
+            .is_some_and(|max| *seq_no > *max + 1)
+    }
+
     pub(crate) fn update_register(
         &mut self,
         now: Instant,
@@ -859,6 +872,7 @@ impl StreamRx {
         &mut self,
         now: Instant,
         sender_ssrc: Ssrc,
+        repeat: Option<Duration>,
         feedback: &mut VecDeque<Rtcp>,
     ) -> Option<()> {
         if !self.nack_enabled() {
@@ -868,7 +882,7 @@ impl StreamRx {
         let nacks = self
             .register
             .as_mut()
-            .and_then(|r| r.nack_report(now, self.stats.rtt))?;
+            .and_then(|r| r.nack_report(now, self.stats.rtt, repeat))?;
 
         for mut nack in nacks {
             nack.sender_ssrc = sender_ssrc;
@@ -1211,19 +1225,19 @@ mod tests {
             let mut feedback = VecDeque::new();
             assert!(
                 stream
-                    .maybe_create_nack(now, 1.into(), &mut feedback)
+                    .maybe_create_nack(now, 1.into(), None, &mut feedback)
                     .is_some()
             );
             let due = now + rtt + Duration::from_millis(5);
             assert!(
                 stream
-                    .maybe_create_nack(due - Duration::from_nanos(1), 1.into(), &mut feedback)
+                    .maybe_create_nack(due - Duration::from_nanos(1), 1.into(), None, &mut feedback)
                     .is_none()
             );
             assert_eq!(feedback.len(), 1);
             assert!(
                 stream
-                    .maybe_create_nack(due, 1.into(), &mut feedback)
+                    .maybe_create_nack(due, 1.into(), None, &mut feedback)
                     .is_some()
             );
             assert_eq!(feedback.len(), 2);
@@ -1242,12 +1256,12 @@ mod tests {
             assert!(stream.nack_enabled());
             assert!(
                 stream
-                    .maybe_create_nack(now, 1.into(), &mut feedback)
+                    .maybe_create_nack(now, 1.into(), None, &mut feedback)
                     .is_some()
             );
             assert!(
                 stream
-                    .maybe_create_nack(now, 1.into(), &mut feedback)
+                    .maybe_create_nack(now, 1.into(), None, &mut feedback)
                     .is_none()
             );
             now += Duration::from_millis(105);
@@ -1260,7 +1274,7 @@ mod tests {
         assert!(!stream.nack_enabled());
         assert!(
             stream
-                .maybe_create_nack(now, 1.into(), &mut feedback)
+                .maybe_create_nack(now, 1.into(), None, &mut feedback)
                 .is_none()
         );
         assert_eq!(feedback.len(), 5);
@@ -1300,7 +1314,7 @@ mod tests {
         let mut feedback = VecDeque::new();
         assert!(
             stream
-                .maybe_create_nack(now, 1.into(), &mut feedback)
+                .maybe_create_nack(now, 1.into(), None, &mut feedback)
                 .is_some()
         );
 
@@ -1316,7 +1330,7 @@ mod tests {
             .register
             .as_mut()
             .unwrap()
-            .nack_report(now + Duration::from_millis(105), None)
+            .nack_report(now + Duration::from_millis(105), None, None)
             .into_iter()
             .flatten()
             .flat_map(|n| {
@@ -1384,7 +1398,7 @@ mod tests {
         let mut feedback = VecDeque::new();
         assert!(
             stream
-                .maybe_create_nack(Instant::now(), 1.into(), &mut feedback)
+                .maybe_create_nack(Instant::now(), 1.into(), None, &mut feedback)
                 .is_none()
         );
         assert!(feedback.is_empty());

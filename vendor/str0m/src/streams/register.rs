@@ -122,8 +122,9 @@ impl ReceiverRegister {
         &mut self,
         now: Instant,
         rtt: Option<Duration>,
+        repeat: Option<Duration>,
     ) -> Option<impl Iterator<Item = Nack>> {
-        self.nack.nack_reports(now, rtt)
+        self.nack.nack_reports(now, rtt, repeat)
     }
 
     /// Create a new reception report.
@@ -299,12 +300,12 @@ mod test {
         let now = Instant::now();
         reg.update(10.into(), now, 0, 90_000);
         reg.update(12.into(), now, 3000, 90_000);
-        assert!(reg.nack_report(now, None).is_some());
-        assert!(reg.nack_report(now, None).is_none());
+        assert!(reg.nack_report(now, None, None).is_some());
+        assert!(reg.nack_report(now, None, None).is_none());
         reg.clear(Some(10.into()));
         assert!(!reg.has_pending_nacks());
         reg.update(12.into(), now, 3000, 90_000);
-        let nacks: Vec<_> = reg.nack_report(now, None).expect("fresh loss").collect();
+        let nacks: Vec<_> = reg.nack_report(now, None, None).expect("fresh loss").collect();
         assert_eq!(nacks[0].reports[0].pid, 11);
     }
 

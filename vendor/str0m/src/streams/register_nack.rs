@@ -29,6 +29,8 @@ struct PacketStatus {
     received: bool,
     nack_count: u8,
     last_nack_at: Option<Instant>,
+    /// MERIDIAN PATCH (nack-repeat): the current round's second copy went.
+    repeated: bool,
 }
 
 impl PacketStatus {
@@ -36,15 +38,34 @@ impl PacketStatus {
         !self.received && self.nack_count < MAX_NACKS
     }
 
-    fn is_nack_due(&self, now: Instant, retry_interval: Duration) -> bool {
-        self.needs_nack()
-            && self
-                .last_nack_at
-                .is_none_or(|last| now.saturating_duration_since(last) >= retry_interval)
+    fn is_nack_due(&self, now: Instant, timing: NackTiming) -> bool {
+        self.nack_due(now, timing).is_some()
     }
 
-    fn mark_nacked(&mut self, now: Instant) {
-        self.nack_count += 1;
+    /// Whether a NACK for this packet is due, and if so whether it is the
+    /// repeat of the current round (`Some(true)`) rather than a new round.
+    fn nack_due(&self, now: Instant, timing: NackTiming) -> Option<bool> {
+        if self.received {
+            return None;
+        }
+        let Some(last) = self.last_nack_at else {
+            return self.needs_nack().then_some(false);
+        };
+        let since = now.saturating_duration_since(last);
+        if self.needs_nack() && since >= timing.retry_interval {
+            return Some(false);
+        }
+        let repeat = timing.repeat?;
+        (!self.repeated && since >= repeat).then_some(true)
+    }
+
+    fn mark_nacked(&mut self, now: Instant, repeat: bool) {
+        if repeat {
+            self.repeated = true;
+        } else {
+            self.nack_count += 1;
+            self.repeated = false;
+        }
         self.last_nack_at = Some(now);
     }
 
@@ -53,6 +74,7 @@ impl PacketStatus {
         self.received = true;
         self.nack_count = 0;
         self.last_nack_at = None;
+        self.repeated = false;
         new
     }
 
@@ -66,31 +88,43 @@ struct NackIterator<'a> {
     next: u64,
     end: u64,
     now: Instant,
+    timing: NackTiming,
+}
+
+/// When NACKs fall due: a new round one RTT after the last, and (patch
+/// `nack-repeat`) the round's second copy `repeat` after its first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NackTiming {
     retry_interval: Duration,
+    repeat: Option<Duration>,
 }
 
 impl<'a> Iterator for NackIterator<'a> {
     type Item = NackEntry;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.next = (self.next..=self.end).find(|s| {
+        let (next, repeat) = (self.next..=self.end).find_map(|s| {
             self.reg
-                .packet((*s).into())
-                .is_nack_due(self.now, self.retry_interval)
+                .packet(s.into())
+                .nack_due(self.now, self.timing)
+                .map(|repeat| (s, repeat))
         })?;
+        self.next = next;
 
         let mut entry = NackEntry {
             pid: self.next as u16,
             blp: 0,
         };
 
-        self.reg.packet_mut(self.next.into()).mark_nacked(self.now);
+        self.reg
+            .packet_mut(self.next.into())
+            .mark_nacked(self.now, repeat);
         self.next += 1;
 
         for (i, s) in (self.next..self.end).take(16).enumerate() {
             let packet = self.reg.packet_mut(s.into());
-            if packet.is_nack_due(self.now, self.retry_interval) {
-                packet.mark_nacked(self.now);
+            if let Some(repeat) = packet.nack_due(self.now, self.timing) {
+                packet.mark_nacked(self.now, repeat);
                 entry.blp |= 1 << i
             }
             self.next += 1;
@@ -210,11 +244,14 @@ impl NackRegister {
         &mut self,
         now: Instant,
         rtt: Option<Duration>,
+        repeat: Option<Duration>,
     ) -> Option<impl Iterator<Item = Nack>> {
-        let retry_interval = rtt.unwrap_or(DEFAULT_RTT).saturating_add(NACK_RETRY_MARGIN);
+        let timing = NackTiming {
+            retry_interval: rtt.unwrap_or(DEFAULT_RTT).saturating_add(NACK_RETRY_MARGIN),
+            repeat,
+        };
         let Range { start, end } = self.active.clone()?;
-        let start =
-            (*start..=*end).find(|s| self.packet((*s).into()).is_nack_due(now, retry_interval))?;
+        let start = (*start..=*end).find(|s| self.packet((*s).into()).is_nack_due(now, timing))?;
 
         Some(
             ReportList::lists_from_iter(NackIterator {
@@ -222,7 +259,7 @@ impl NackRegister {
                 next: start,
                 end: *end,
                 now,
-                retry_interval,
+                timing,
             })
             .into_iter()
             .map(|reports| {
@@ -348,7 +385,7 @@ mod test {
         for _ in 0..super::MAX_NACKS {
             assert!(reg.has_pending_nacks());
             let reports: Vec<_> = reg
-                .nack_reports(now, None)
+                .nack_reports(now, None, None)
                 .expect("pending retry")
                 .collect();
             assert_eq!(reports.len(), 1);
@@ -356,11 +393,11 @@ mod test {
             now += Duration::from_millis(105);
         }
         assert!(!reg.has_pending_nacks());
-        assert!(reg.nack_reports(now, None).is_none());
+        assert!(reg.nack_reports(now, None, None).is_none());
     }
 
     fn nack_entries(reg: &mut NackRegister, now: Instant, rtt: Option<Duration>) -> Vec<NackEntry> {
-        reg.nack_reports(now, rtt)
+        reg.nack_reports(now, rtt, None)
             .into_iter()
             .flatten()
             .flat_map(|nack| nack.reports)
@@ -641,13 +678,13 @@ mod test {
     #[test]
     fn nack_report_none() {
         let mut reg = NackRegister::new(None);
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
 
         reg.update(110.into());
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
 
         reg.update(111.into());
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
     }
 
     #[test]
@@ -661,14 +698,14 @@ mod test {
     #[test]
     fn nack_report_one() {
         let mut reg = NackRegister::new(None);
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
 
         reg.update(110.into());
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
 
         reg.update(112.into());
         let report = reg
-            .nack_reports(Instant::now(), None)
+            .nack_reports(Instant::now(), None, None)
             .map(Vec::from_iter)
             .expect("some report");
         assert!(report.len() == 1);
@@ -680,14 +717,14 @@ mod test {
     #[test]
     fn nack_report_two() {
         let mut reg = NackRegister::new(None);
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
 
         reg.update(110.into());
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
 
         reg.update(113.into());
         let report = reg
-            .nack_reports(Instant::now(), None)
+            .nack_reports(Instant::now(), None, None)
             .map(Vec::from_iter)
             .expect("some report");
         assert!(report.len() == 1);
@@ -705,7 +742,7 @@ mod test {
         }
 
         let report = reg
-            .nack_reports(Instant::now(), None)
+            .nack_reports(Instant::now(), None, None)
             .map(Vec::from_iter)
             .expect("some report");
         assert!(report.len() == 1);
@@ -729,7 +766,7 @@ mod test {
         }
 
         let report = reg
-            .nack_reports(Instant::now(), None)
+            .nack_reports(Instant::now(), None, None)
             .map(Vec::from_iter)
             .expect("some report");
         assert_eq!(report.len(), 1);
@@ -753,7 +790,7 @@ mod test {
         }
 
         let report = reg
-            .nack_reports(Instant::now(), None)
+            .nack_reports(Instant::now(), None, None)
             .map(Vec::from_iter)
             .expect("some report");
         assert_eq!(report.len(), 1);
@@ -776,7 +813,7 @@ mod test {
             reg.update((*i).into());
         }
 
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
     }
 
     #[test]
@@ -787,7 +824,7 @@ mod test {
         ] {
             reg.update((*i).into());
         }
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
         let active = reg.active.clone().expect("nack range");
         assert_eq!(*active.start, 105);
 
@@ -796,13 +833,13 @@ mod test {
         ] {
             reg.update((*i).into());
         }
-        assert!(reg.nack_reports(Instant::now(), None).is_some());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_some());
         let active = reg.active.clone().expect("nack range");
         assert_eq!(*active.start, 107);
 
         reg.update(107.into()); // Got 107 via RTX
 
-        let nacks = reg.nack_reports(Instant::now(), None).map(Vec::from_iter);
+        let nacks = reg.nack_reports(Instant::now(), None, None).map(Vec::from_iter);
         assert!(
             nacks.is_none(),
             "Expected no NACKs to be generated after repairing the stream, got {nacks:?}"
@@ -856,7 +893,7 @@ mod test {
         reg.update(3001.into());
 
         let reports = reg
-            .nack_reports(Instant::now(), None)
+            .nack_reports(Instant::now(), None, None)
             .map(Vec::from_iter)
             .expect("some report");
         assert_eq!(reports.len(), 1);
@@ -885,7 +922,7 @@ mod test {
         reg.update(5997.into());
 
         let reports = reg
-            .nack_reports(Instant::now(), None)
+            .nack_reports(Instant::now(), None, None)
             .map(Vec::from_iter)
             .expect("some report");
         assert_eq!(reports.len(), 1);
@@ -908,7 +945,7 @@ mod test {
             }
 
             let reports = reg
-                .nack_reports(Instant::now(), None)
+                .nack_reports(Instant::now(), None, None)
                 .map(Vec::from_iter)
                 .expect("some report");
             let pid = reports[0].reports[0].pid;
@@ -923,7 +960,7 @@ mod test {
             reg.update(i.into());
         }
 
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
         let active = reg.active.clone().expect("nack range");
         assert_eq!(*active.start, 3003);
 
@@ -931,7 +968,7 @@ mod test {
             reg.update(i.into());
         }
 
-        let report = reg.nack_reports(Instant::now(), None).map(Vec::from_iter);
+        let report = reg.nack_reports(Instant::now(), None, None).map(Vec::from_iter);
         assert!(report.is_none(), "Expected empty NACKs got {:?}", report);
         let active = reg.active.clone().expect("nack range");
         assert_eq!(*active.start, 3008);
@@ -943,7 +980,7 @@ mod test {
         for i in 65500..=65534 {
             reg.update(i.into());
         }
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
         let active = reg.active.clone().expect("nack range");
         assert_eq!(*active.start, 65534);
 
@@ -951,7 +988,7 @@ mod test {
             reg.update(i.into());
         }
 
-        assert!(reg.nack_reports(Instant::now(), None).is_some());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_some());
         let active = reg.active.clone().expect("nack range");
         assert_eq!(*active.start, 65535);
 
@@ -961,7 +998,7 @@ mod test {
 
         reg.update(65535.into());
 
-        assert!(reg.nack_reports(Instant::now(), None).is_none());
+        assert!(reg.nack_reports(Instant::now(), None, None).is_none());
         let active = reg.active.clone().expect("nack range");
         assert_eq!(*active.start, 65666);
     }
@@ -979,7 +1016,7 @@ mod test {
         }
 
         let reports: Vec<_> = reg
-            .nack_reports(Instant::now(), None)
+            .nack_reports(Instant::now(), None, None)
             .expect("should generate reports")
             .flat_map(|nack| nack.reports)
             .collect();

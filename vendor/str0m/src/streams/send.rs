@@ -77,6 +77,10 @@ impl StreamTxQueueInfo for QueueSnapshot {
     }
 }
 
+/// How many recent NACK-triggered resends are remembered (patch
+/// `resend-once-per-rtt`): more than one RTT's worth at realistic loss.
+const RECENT_RESENDS: usize = 64;
+
 /// Outgoing encoded stream.
 ///
 /// A stream is a primary SSRC + optional RTX SSRC.
@@ -141,6 +145,11 @@ pub struct StreamTx {
 
     /// Scheduled resends due to NACK or spurious padding.
     resends: VecDeque<Resend>,
+
+    /// MERIDIAN PATCH (resend-once-per-rtt): the latest NACK-triggered
+    /// resends (sequence number, when queued), a ring.
+    recent_resends: [(SeqNo, Instant); RECENT_RESENDS],
+    recent_resends_next: usize,
 
     /// MERIDIAN PATCH (nack-handoff): when set, incoming NACKs are not answered from
     /// `rtx_cache` but handed to the application as `Event::ResendRequest`.
@@ -405,6 +414,8 @@ impl StreamTx {
             queue_info: None,
             unpaced: None,
             resends: VecDeque::new(),
+            recent_resends: [(SeqNo::MAX, already_happened()); RECENT_RESENDS],
+            recent_resends_next: 0,
             nack_handoff: false,
             nacks_for_app: Vec::new(),
             app_resends: VecDeque::new(),
@@ -1282,12 +1293,29 @@ impl StreamTx {
         let seq_no = self.rtx_cache.last_cached_seq_no()?;
         let iter = entries.flat_map(|n| n.into_iter(seq_no));
 
+        // MERIDIAN PATCH (resend-once-per-rtt): as libwebrtc does, ignore a
+        // NACK for a packet resent less than one RTT ago: that resend is
+        // still on its way, and the NACK crossed it (or repeats one).
+        let rtt = self.stats.rtt();
+
         // Schedule all resends. They will be handled on next poll_packet
         for seq_no in iter {
             let Some(packet) = self.rtx_cache.get_cached_packet_by_seq_no(seq_no) else {
                 // Packet was not available in RTX cache, it has probably expired.
                 continue;
             };
+
+            if let Some(rtt) = rtt {
+                let in_flight = self
+                    .recent_resends
+                    .iter()
+                    .any(|&(s, at)| s == seq_no && now < at + rtt);
+                if in_flight {
+                    continue;
+                }
+            }
+            self.recent_resends[self.recent_resends_next] = (seq_no, now);
+            self.recent_resends_next = (self.recent_resends_next + 1) % RECENT_RESENDS;
 
             let resend = Resend {
                 seq_no,
