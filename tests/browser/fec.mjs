@@ -14,7 +14,9 @@
 // Then the other direction: a publisher page behind a third proxy losing
 // 10 % of its datagrams to the node (30 ms each way), one viewer: Chrome
 // sends ULPFEC, and the node consumes it and rebuilds lost packets
-// (`meridian_upstream_fec_recovered_total`).
+// (`meridian_upstream_fec_recovered_total`); the node NACKs its Opus too
+// (`--no-nack` only stops the node answering subscribers), and Chrome
+// retransmits it.
 //
 // Run by tests/browser/run.sh inside its network namespace, after run.mjs.
 
@@ -69,6 +71,21 @@ async function videoIn(page) {
         sum.pliCount += s.pliCount ?? 0;
         sum.framesDropped += s.framesDropped ?? 0;
         sum.fecPacketsReceived += s.fecPacketsReceived ?? 0;
+      }
+    }
+    return sum;
+  });
+}
+
+/** The publisher page's outbound audio RTP stats. */
+async function audioOut(page) {
+  return page.evaluate(async () => {
+    const sum = { packetsSent: 0, nackCount: 0, retransmittedPacketsSent: 0 };
+    for (const s of (await window.meridianDemo.client.pc.getStats()).values()) {
+      if (s.type === 'outbound-rtp' && s.kind === 'audio') {
+        sum.packetsSent += s.packetsSent ?? 0;
+        sum.nackCount += s.nackCount ?? 0;
+        sum.retransmittedPacketsSent += s.retransmittedPacketsSent ?? 0;
       }
     }
     return sum;
@@ -172,7 +189,7 @@ test('the node rebuilds a Chrome publisher\'s lost packets from its ULPFEC', { t
   // Chrome protects VP8 with ULPFEC when it is negotiated and NACK is not
   // (with NACK too, it adds FEC only above 20 ms RTT): its rate follows the
   // loss the node's receiver reports show, ~10 % here.
-  await open('uppub', `&video=640x360&simulcast=0&via=127.0.0.1:${UP_PROXY}`, 'fec-up');
+  const publisher = await open('uppub', `&video=640x360&simulcast=0&via=127.0.0.1:${UP_PROXY}`, 'fec-up');
   const viewer = await open('upview', '&publish=0', 'fec-up');
   for (let i = 0; ; i++) {
     const s = await videoIn(viewer);
@@ -182,12 +199,26 @@ test('the node rebuilds a Chrome publisher\'s lost packets from its ULPFEC', { t
   }
   const recovered = () => metric('meridian_upstream_fec_recovered_total');
   const consumed = () => metric('meridian_dropped_total{reason="upstream_fec"}');
-  const before = { recovered: await recovered(), consumed: await consumed() };
+  const before = {
+    recovered: await recovered(),
+    consumed: await consumed(),
+    audio: await audioOut(publisher),
+  };
   await sleep(20_000);
   const d = {
     recovered: (await recovered()) - before.recovered,
     consumed: (await consumed()) - before.consumed,
   };
+  const audio = diff(before.audio, await audioOut(publisher));
+  console.log(`publisher audio over 20 s: ${JSON.stringify(audio)}`);
+  // The node's answer carries `a=rtcp-fb:111 nack`, so Chrome keeps a
+  // history of its Opus packets and answers the node's NACKs for them with
+  // plain retransmissions (RFC 4585; Opus has no RTX).
+  assert.ok(audio.nackCount >= 5, `the node NACKed the publisher's Opus: ${JSON.stringify(audio)}`);
+  assert.ok(
+    audio.retransmittedPacketsSent >= 5,
+    `Chrome retransmitted Opus on the node's NACKs: ${JSON.stringify(audio)}`,
+  );
   console.log(`over 20 s the node took ${d.consumed} FEC packets from the publisher and rebuilt ${d.recovered} media packets`);
   // Chrome sent FEC, the node consumed it (not forwarded: the viewer gets
   // FEC of its own when it needs it) and rebuilt lost packets from it.
