@@ -260,7 +260,13 @@ pub async fn run(opts: LoadOptions) -> Result<Report, LoadError> {
                 let client = connect_subscriber(&opts, room, &name).await;
                 drop(permit);
                 match client {
-                    Ok(c) => Ok(receive(c, requested, room * opts.publishers, &ids, &shared).await),
+                    Ok(c) => {
+                        let signaled = requested.elapsed();
+                        let (mut stats, c) =
+                            receive(c, requested, room * opts.publishers, &ids, &shared).await;
+                        stats.signaled = Some(signaled);
+                        Ok((stats, c))
+                    }
                     Err(e) => Err(e),
                 }
             }));
@@ -509,6 +515,9 @@ async fn receive(
                         mid_publisher.insert(Mid::from(t.mid.as_str()), *i);
                     }
                 }
+            }
+            ClientEvent::Connected => {
+                st.connected.get_or_insert(requested.elapsed());
             }
             ClientEvent::Closed(why) => {
                 st.closed = Some(why);

@@ -142,6 +142,11 @@ pub struct Report {
     pub join_ms: Option<Percentiles>,
     /// Request (or, as above, the publisher's start) to first video packet.
     pub first_video_ms: Option<Percentiles>,
+    /// Subscribers' join phases, from the request: signaling done (the
+    /// server's answer applied), then ICE + DTLS connected. The rest of
+    /// `join_ms` is waiting for the first packet to be forwarded.
+    pub signaled_ms: Option<Percentiles>,
+    pub connected_ms: Option<Percentiles>,
     pub server: ServerCost,
     pub tester_cpu_seconds: f64,
     pub timeline: Vec<Sample>,
@@ -237,6 +242,8 @@ impl Report {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let join: Vec<f64> = subs.iter().filter_map(|s| s.join.map(ms)).collect();
         let first_video: Vec<f64> = subs.iter().filter_map(|s| s.join_video.map(ms)).collect();
+        let signaled: Vec<f64> = subs.iter().filter_map(|s| s.signaled.map(ms)).collect();
+        let connected: Vec<f64> = subs.iter().filter_map(|s| s.connected.map(ms)).collect();
         Report {
             url: opts.url.clone(),
             protocol: match opts.protocol {
@@ -268,6 +275,8 @@ impl Report {
             }),
             join_ms: percentiles_ms(join),
             first_video_ms: percentiles_ms(first_video),
+            signaled_ms: percentiles_ms(signaled),
+            connected_ms: percentiles_ms(connected),
             server,
             tester_cpu_seconds,
             timeline: timeline_samples,
@@ -336,6 +345,13 @@ impl Report {
                 s,
                 "  join→first packet p50 {:.1} ms  p99 {:.1} ms",
                 p.p50, p.p99
+            );
+        }
+        if let (Some(sig), Some(con)) = (&self.signaled_ms, &self.connected_ms) {
+            let _ = writeln!(
+                s,
+                "    of which       signaling p50 {:.1} ms  p99 {:.1} ms; ICE+DTLS done p50 {:.1} ms  p99 {:.1} ms",
+                sig.p50, sig.p99, con.p50, con.p99
             );
         }
         if let Some(p) = &self.first_video_ms {

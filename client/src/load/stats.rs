@@ -187,6 +187,10 @@ pub struct SubscriberStats {
     /// video packet.
     pub join: Option<Duration>,
     pub join_video: Option<Duration>,
+    /// Phases of the join, from the request: signaling done (the client
+    /// has the server's answer), and ICE + DTLS connected.
+    pub signaled: Option<Duration>,
+    pub connected: Option<Duration>,
     pub streams: HashMap<u32, StreamStat>,
     pub seconds: Vec<SecondBucket>,
     pub closed: Option<String>,
@@ -202,6 +206,8 @@ impl SubscriberStats {
             first_video: None,
             join: None,
             join_video: None,
+            signaled: None,
+            connected: None,
             streams: HashMap::new(),
             seconds: Vec::new(),
             closed: None,

@@ -744,6 +744,7 @@ impl Node {
         let Some(pending) = peer.neg.pending.take_if(|p| p.seq == seq) else {
             return Err(CommandError::NoPendingOffer(seq));
         };
+        debug!(peer = %id, seq, "answer");
         self.renegotiate.insert(id);
         Self::mark_dirty(&mut self.dirty, peer);
         peer.neg.unanswered = 0;
@@ -1324,6 +1325,7 @@ impl Node {
                 }
             }
             Event::IceConnectionStateChange(state) => {
+                debug!(peer = %id, ?state, "ICE");
                 if let Some(p) = self.peers.get_mut(&id).filter(|p| p.ice_lost_at.is_some()) {
                     debug!(peer = %id, ?state, "ICE back");
                     p.ice_lost_at = None;
