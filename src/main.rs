@@ -198,6 +198,11 @@ fn netsim(args: meridian_netsim::NetsimArgs) -> ExitCode {
 fn load(args: LoadArgs) -> ExitCode {
     use meridian_client::load::{self, LoadError, LoadOptions, LoadProtocol, TokenMinter};
     use meridian_client::VideoCodec;
+    // The tester's own output is its report; logs only when asked for
+    // (e.g. RUST_LOG=meridian_client=debug for each client's join timeline).
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_tracing();
+    }
     let mint = match (&args.token, &args.api_secret) {
         (None, Some(secret)) => {
             let auth = Auth::new(args.api_key.clone(), Some(secret.clone()));

@@ -56,6 +56,10 @@ struct Outgoing {
 
 pub(crate) struct Driver {
     rtc: Rtc,
+    /// The client's name, for its debug log.
+    name: String,
+    /// DTLS is done (str0m's `Event::Connected`).
+    connected: bool,
     /// quinn-udp socket: GRO takes a GSO-sent frame in one read.
     socket: MediaSocket,
     local: SocketAddr,
@@ -138,6 +142,8 @@ impl Driver {
             video_red_pts: HashMap::new(),
             fec_seen: HashMap::new(),
             udp_via: cfg.udp_via,
+            name: cfg.name.clone(),
+            connected: false,
             channel: None,
             early: Vec::new(),
             backlog: Vec::new(),
@@ -265,6 +271,7 @@ impl Driver {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(rtc_error)?;
+        debug!(name = %cfg.name, "answer applied");
         d.ws = Some(ws);
         for m in &early {
             d.early_signal(m);
@@ -353,6 +360,7 @@ impl Driver {
         mut cmds: mpsc::Receiver<DriverCmd>,
         events: mpsc::Sender<ClientEvent>,
     ) {
+        debug!(name = %self.name, "driver running");
         for m in std::mem::take(&mut self.early) {
             let _ = events.send(ClientEvent::Signal(m)).await;
         }
@@ -378,6 +386,9 @@ impl Driver {
                         if let Err(why) = self.receive(&events).await {
                             break why;
                         }
+                        // During the handshake a datagram moves ICE and DTLS on,
+                        // and their next step waits for a tick.
+                        tick = !self.connected;
                     }
                 }
                 msg = ws_next => match msg {
@@ -504,7 +515,12 @@ impl Driver {
     ) {
         match e {
             Event::Connected => {
+                debug!(name = %self.name, "connected");
+                self.connected = true;
                 let _ = events.send(ClientEvent::Connected).await;
+            }
+            Event::IceConnectionStateChange(state) => {
+                debug!(name = %self.name, ?state, "ICE");
             }
             Event::RtpPacket(pkt) => {
                 let ssrc = pkt.header.ssrc;

@@ -969,6 +969,14 @@ impl Node {
             trace!(peer = %id, error = %e, "datagram rejected");
             self.stats.drops.add(DropReason::RejectedByPeer);
         }
+        // During the handshake a datagram moves ICE and DTLS on, and some
+        // of their next steps (state changes, the next flight) wait for a
+        // tick: without one they waited for the peer's next timer.
+        if !peer.connected {
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                debug!(peer = %id, error = %e, "timeout handling failed");
+            }
+        }
         // In RTP mode str0m holds one received packet until the next
         // poll_output: drain this peer now, before the next datagram.
         // Subscribers written to are only marked dirty, so a batch of
