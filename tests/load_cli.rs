@@ -92,9 +92,9 @@ async fn run_and_check(protocol: &'static str) {
         "{lat}"
     );
     assert!(r["join_ms"]["p99"].as_f64().unwrap() < 5000.0);
-    // The join's phases come in order: signaling, then ICE + DTLS, then
-    // the first packet (give or take a few ms: a packet's time is the
-    // kernel's receive stamp, the connection's when the tester handled it).
+    // The join's phases come in order: signaling, then ICE + DTLS. (Not
+    // compared with the first packet: a packet's time is the kernel's
+    // receive stamp, the connection's when the busy tester handled it.)
     let phase = |k: &str| {
         r[k]["p50"]
             .as_f64()
@@ -102,7 +102,6 @@ async fn run_and_check(protocol: &'static str) {
     };
     assert!(phase("signaled_ms") > 0.0);
     assert!(phase("signaled_ms") <= phase("connected_ms"), "{r}");
-    assert!(phase("connected_ms") <= phase("join_ms") + 5.0, "{r}");
     assert!(r["server"]["cpu_seconds"].as_f64().unwrap() > 0.0);
     assert!(r["server"]["forwarded_packets"].as_u64().unwrap() > 0);
     assert!(r["tester_cpu_seconds"].as_f64().unwrap() > 0.0);
