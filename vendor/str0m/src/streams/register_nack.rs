@@ -61,12 +61,15 @@ impl PacketStatus {
 
     fn mark_nacked(&mut self, now: Instant, repeat: bool) {
         if repeat {
+            // The round keeps the first copy's time: the next round is due
+            // one RTT after it. A retry that crosses the copy's resend is
+            // ignored by a sender that resends once per RTT.
             self.repeated = true;
         } else {
             self.nack_count += 1;
             self.repeated = false;
+            self.last_nack_at = Some(now);
         }
-        self.last_nack_at = Some(now);
     }
 
     fn mark_received(&mut self) -> bool {
