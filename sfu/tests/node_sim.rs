@@ -176,6 +176,11 @@ fn drive(
     sim.run_until(start + dur);
 }
 
+/// Runs `sim` for `dur` with only `cam` sending.
+fn film(sim: &mut SimNet, cam: &mut Camera, dur: Duration) {
+    drive(sim, Some(cam), None, dur, |_, _| {});
+}
+
 fn of_kind(sim: &SimNet, c: ClientId, kind: MediaKind) -> Vec<ReceivedPacket> {
     sim.received(c)
         .iter()
@@ -362,23 +367,11 @@ fn late_subscriber_starts_on_requested_keyframe() {
     let mut sim = sim(7);
     let (publisher, _) = room(&mut sim, 0, false);
     let mut cam = Camera::new(publisher, 1, 0, 0);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_millis(1100),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_millis(1100));
     let requests = sim.keyframe_requests(publisher).len();
     let late = sim.add_subscriber(ROOM, "late");
     let from = cam.sent.len();
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_millis(900),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_millis(900));
     sim.run_for(Duration::from_millis(100));
 
     assert!(
@@ -564,13 +557,7 @@ fn keyframe_requests_are_merged_and_throttled() {
     let mut sim = sim(4);
     let (publisher, subs) = room(&mut sim, 3, false);
     let mut cam = Camera::new(publisher, 1, 0, 0);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(2),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_secs(2));
     let mids: Vec<_> = subs
         .iter()
         .map(|s| sim.recv_mids(*s, MediaKind::Video)[0])
@@ -718,21 +705,9 @@ fn nack_recovers_downlink_loss() {
     let (publisher, subs) = room(&mut sim, 2, false);
     let (lossy, clean) = (subs[0], subs[1]);
     let mut cam = Camera::new(publisher, 1, 0, 0);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(1),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_secs(1));
     sim.set_downlink_loss(lossy, 0.10);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(10),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_secs(10));
     sim.run_for(Duration::from_secs(2));
 
     let sent: HashSet<Vec<u8>> = cam.sent.iter().map(|s| s.payload.clone()).collect();
@@ -792,13 +767,7 @@ fn resends_go_once_on_a_mildly_lossy_link() {
     let (publisher, subs) = room(&mut sim, 1, false);
     let mut cam = Camera::new(publisher, 1, 0, 0);
     sim.set_downlink_loss(subs[0], 0.02);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(8),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_secs(8));
     let nack = sim.stats().nack;
     assert!(nack.resent > 10, "{nack:?}");
     assert_eq!(nack.duplicated, 0, "{nack:?}");
@@ -952,21 +921,9 @@ fn upstream_nacks_are_repeated_so_one_lost_nack_does_not_cost_the_round() {
     sim.set_downlink(publisher, down);
     let mut cam = Camera::new(publisher, 1, 0, 0);
     // Warm up: RTT estimates on both ends.
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(3),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_secs(3));
     let before = cam.sent.len();
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(30),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_secs(30));
     sim.run_for(Duration::from_secs(1));
     let counted = cam.sent.len() - before;
     let deadline = half_rtt + sim.default_link().delay + Duration::from_millis(200);
@@ -1047,21 +1004,9 @@ fn fec_downlink_run(flexfec: bool) -> (SimNet, (ClientId, ClientId), Camera, usi
     let (lossy, clean) = (subs[0], subs[1]);
     let mut cam = Camera::new(publisher, 1, 0, 0);
     sim.set_downlink_loss(lossy, 0.10);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(3),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_secs(3));
     let from = cam.sent.len();
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(10),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_secs(10));
     sim.run_for(Duration::from_millis(500));
     (sim, (lossy, clean), cam, from)
 }
@@ -1073,7 +1018,7 @@ fn fec_downlink_run(flexfec: bool) -> (SimNet, (ClientId, ClientId), Camera, usi
 /// with no gaps, and neither sees a sequence number twice.
 #[test]
 fn ulpfec_rebuilds_lost_video_packets() {
-    let (mut sim, (lossy, clean), cam, from) = fec_downlink_run(false);
+    let (sim, (lossy, clean), cam, from) = fec_downlink_run(false);
     let stats = sim.stats();
     assert!(stats.fec_packets > 0, "{stats:?}");
     assert!(
@@ -1154,13 +1099,7 @@ fn publisher_fec_run(config: SimConfig, fec: bool) -> (SimNet, ClientId, Vec<Cli
     let mut cam = Camera::new(publisher, 1, 0, 0);
     for (loss, secs) in [(0.10, 10), (0.0, 1)] {
         sim.set_uplink_loss(publisher, loss);
-        drive(
-            &mut sim,
-            Some(&mut cam),
-            None,
-            Duration::from_secs(secs),
-            |_, _| {},
-        );
+        film(&mut sim, &mut cam, Duration::from_secs(secs));
     }
     sim.run_for(Duration::from_millis(500));
     (sim, publisher, subs, cam)
@@ -1305,13 +1244,7 @@ fn uplink_loss_is_recovered_once_for_all_subscribers() {
     let (publisher, subs) = room(&mut sim, 3, false);
     sim.set_uplink_loss(publisher, 0.10);
     let mut cam = Camera::new(publisher, 1, 0, 0);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(10),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_secs(10));
     sim.run_for(Duration::from_secs(1));
     for s in &subs {
         let ratio = video_delivered(&sim, *s, &cam, cam.sent.len());
@@ -1356,13 +1289,7 @@ fn nack_without_rtx_gets_plain_retransmissions() {
     assert_eq!(vp8_rtx, None, "the subscriber has no RTX for VP8");
     sim.set_downlink_loss(sub, 0.10);
     let mut cam = Camera::new(publisher, 1, 0, 0);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(8),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_secs(8));
     sim.run_for(Duration::from_secs(1));
     let ratio = video_delivered(&sim, sub, &cam, cam.sent.len());
     let nack = sim.stats().nack;
@@ -1424,13 +1351,7 @@ fn a_frame_leaves_back_to_back_towards_each_subscriber() {
     let mut sim = sim(11);
     let (publisher, subs) = room(&mut sim, 3, false);
     let mut cam = Camera::new(publisher, 1, 1_000, 0);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        None,
-        Duration::from_secs(2),
-        |_, _| {},
-    );
+    film(&mut sim, &mut cam, Duration::from_secs(2));
     sim.run_for(Duration::from_millis(200));
     for s in &subs {
         assert!(
@@ -1484,7 +1405,7 @@ fn publisher_survives_an_ice_outage_and_is_removed_after_a_long_one() {
     let sub = subs[0];
     let mut cam = Camera::new(publisher, 1, 0, 0);
     let mut mic = Mic::new(publisher, 1, 0);
-    let mut run = |sim: &mut SimNet, cam: &mut Camera, mic: &mut Mic, secs: u64| {
+    let run = |sim: &mut SimNet, cam: &mut Camera, mic: &mut Mic, secs: u64| {
         drive(
             sim,
             Some(cam),
