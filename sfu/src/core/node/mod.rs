@@ -2214,10 +2214,9 @@ impl Node {
         for out_seq in req.seq_nos {
             let (outcome, first) = seq.on_nack(now, *out_seq, rtt, &policy);
             // The NACK loss sample is over video (`loss.sent` counts video):
-            // a receiver need not NACK audio. A hole the node itself has
-            // (lost upstream, maybe rebuilt from FEC a moment later) is not
-            // the subscriber's loss: receivers NACK a gap at once.
-            if first && video && outcome != ResendOutcome::MissingUpstream {
+            // a receiver need not NACK audio. (`first` already leaves out
+            // holes the node itself has and NACKs that crossed a late fill.)
+            if first && video {
                 loss.lost += 1;
             }
             if !answer {
