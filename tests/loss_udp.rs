@@ -138,12 +138,14 @@ async fn lossy_subscriber_gets_nearly_everything_and_the_clean_one_is_unaffected
 }
 
 /// The other direction: a `meridian-client` publisher behind 20 % loss each
-/// way and 60 ms RTT. After a warm-up pass, the node NACKs the gaps and the client answers every
-/// NACK (str0m's default would stop resending above 15 % of the bytes), so
-/// a clean subscriber gets ≥ 99.5 % of the video. Audio is not
-/// retransmitted (as from Chrome), so it is not counted.
+/// way and 60 ms RTT. The client measures its uplink's loss from the node's
+/// transport feedback and protects what it sends (`Protection::Adaptive`:
+/// Opus in RED with up to three earlier packets, VP8 with ULPFEC); the node
+/// rebuilds from both and NACKs what is left, and the client answers every
+/// NACK (str0m's default would stop resending above 15 % of the bytes). A
+/// clean subscriber gets ≥ 99.5 % of the video and of the audio.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lossy_publishers_video_is_recovered_by_nack() {
+async fn lossy_publishers_media_is_recovered() {
     let server = Server::start(&[]).await;
     let proxy = impaired(&server, LOSSY, LOSSY, 21).await;
 
@@ -153,6 +155,8 @@ async fn lossy_publishers_video_is_recovered_by_nack() {
     let clip = marked(&warmup, MARKS[0]);
     let expected = payload_counts(&[&clip.video]);
     let total: usize = expected.values().sum();
+    let expected_audio = payload_counts(&[&clip.audio]);
+    let total_audio: usize = expected_audio.values().sum();
     let mut publisher = Client::connect(
         ClientConfig::new(server.base(), "uplink", "pub")
             .publish(true, true)
@@ -183,11 +187,20 @@ async fn lossy_publishers_video_is_recovered_by_nack() {
     // random loss explains; not found why.
     publish_sample(publisher.sender(), &marked(&warmup, MARKS[1])).await;
     let got = reader.await.expect("reader task");
+    let audio = matched(&expected_audio, &got);
     let matched = matched(&expected, &got);
     let stats = proxy.stats();
+    let m = server.metrics().await;
+    let red = m.get("meridian_red_recovered_total").copied().unwrap_or(0);
+    let fec = m
+        .get("meridian_upstream_fec_recovered_total")
+        .copied()
+        .unwrap_or(0);
     eprintln!(
-        "video {matched} of {total} ({:.2} %); proxy up {}",
+        "video {matched} of {total} ({:.2} %), audio {audio} of {total_audio} ({:.2} %); \
+         proxy up {}; rebuilt by the node from RED {red}, from ULPFEC {fec}",
         matched as f64 * 100.0 / total as f64,
+        audio as f64 * 100.0 / total_audio as f64,
         stats.up,
     );
     assert!(stats.up.lost() > 0, "the uplink lost packets");
@@ -195,4 +208,10 @@ async fn lossy_publishers_video_is_recovered_by_nack() {
         matched as f64 >= 0.995 * total as f64,
         "the subscriber got {matched} of {total} video packets"
     );
+    assert!(
+        audio as f64 >= 0.995 * total_audio as f64,
+        "the subscriber got {audio} of {total_audio} audio packets"
+    );
+    assert!(red > 0, "the publisher sent RED and the node used it");
+    assert!(fec > 0, "the publisher sent ULPFEC and the node used it");
 }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use meridian_sfu::core::codec::{negotiated_pt, rtc_config};
+use meridian_sfu::core::codec::rtc_config;
 use meridian_sfu::core::dtls;
 use meridian_sfu::core::fec::{receiver_for, video_fec_pts, FecReceiver};
+use meridian_sfu::core::publish::{Media, Protection, SendStream, UplinkLoss};
 use meridian_sfu::io::MediaSocket;
 use meridian_signaling::protocol::{ClientMsg, ServerMsg};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -17,7 +18,7 @@ use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{RtpPacket, RtpWrite, SeqNo};
+use str0m::rtp::{ExtensionValues, RtpPacket};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -47,13 +48,6 @@ pub(crate) enum DriverCmd {
     Close,
 }
 
-struct Outgoing {
-    mid: Mid,
-    codec: Codec,
-    pt: Option<Pt>,
-    next_seq: u64,
-}
-
 pub(crate) struct Driver {
     rtc: Rtc,
     /// The client's name, for its debug log.
@@ -64,7 +58,10 @@ pub(crate) struct Driver {
     socket: MediaSocket,
     local: SocketAddr,
     ws: Option<Ws>,
-    outgoing: HashMap<MediaKind, Outgoing>,
+    outgoing: HashMap<MediaKind, SendStream>,
+    /// How published media is protected, and the uplink loss it follows.
+    protection: Protection,
+    uplink: UplinkLoss,
     /// mid → server track id, from `track_map`.
     track_ids: HashMap<Mid, Arc<str>>,
     /// Highest sequence number received per SSRC (to tell which RED copies
@@ -127,6 +124,12 @@ impl Driver {
         if let Some(cert) = dtls::shared_certificate() {
             config = config.set_dtls_cert(cert);
         }
+        if cfg.publish_audio || cfg.publish_video {
+            // The uplink's loss, from the server's transport feedback, once
+            // a second (`Event::PeerStats`), for the protection that follows
+            // it.
+            config = config.set_stats_interval(Some(Duration::from_secs(1)));
+        }
         let mut rtc = config.build(Instant::now());
         let cand = Candidate::host(local, "udp").map_err(rtc_error)?;
         rtc.add_local_candidate(cand);
@@ -136,6 +139,8 @@ impl Driver {
             local,
             ws: None,
             outgoing: HashMap::new(),
+            protection: cfg.protection,
+            uplink: UplinkLoss::new(),
             track_ids: HashMap::new(),
             max_seq: HashMap::new(),
             fec_rx: HashMap::new(),
@@ -184,15 +189,8 @@ impl Driver {
             ));
         };
         for (kind, mid, codec) in adds {
-            self.outgoing.insert(
-                kind,
-                Outgoing {
-                    mid,
-                    codec,
-                    pt: None,
-                    next_seq: 1,
-                },
-            );
+            self.outgoing
+                .insert(kind, SendStream::new(kind, mid, None, codec, 1));
         }
         Ok((offer, pending))
     }
@@ -499,7 +497,15 @@ impl Driver {
             }
             match self.rtc.poll_output().map_err(|e| e.to_string())? {
                 Output::Transmit(t) => self.socket.send_to(&t.contents, t.destination).await,
-                Output::Timeout(t) => return Ok(t),
+                Output::Timeout(t) => {
+                    // A frame that went out is followed by its FEC.
+                    if !self.write_fec() {
+                        return Ok(t);
+                    }
+                    self.rtc
+                        .handle_input(Input::Timeout(Instant::now()))
+                        .map_err(|e| e.to_string())?;
+                }
                 Output::Event(e) => self.on_event(e, None, events).await,
             }
         }
@@ -600,6 +606,15 @@ impl Driver {
             Event::ChannelData(d) if !d.binary => {
                 let text = String::from_utf8_lossy(&d.data).into_owned();
                 let _ = events.send(ClientEvent::Chat(text)).await;
+            }
+            Event::PeerStats(s) => {
+                self.uplink
+                    .on_peer_stats(Instant::now(), s.egress_loss_fraction);
+            }
+            Event::MediaEgressStats(s) => {
+                if let Some(rtt) = s.rtt {
+                    self.uplink.on_rtt(rtt);
+                }
             }
             _ => {}
         }
@@ -718,37 +733,28 @@ impl Driver {
         let Some(out) = self.outgoing.get_mut(&p.kind) else {
             return;
         };
-        let pt = match out.pt {
-            Some(pt) => pt,
-            None => {
-                let Some(pt) = negotiated_pt(&self.rtc, out.mid, out.codec) else {
-                    return;
-                };
-                out.pt = Some(pt);
-                // Answer every NACK, as libwebrtc does (its retransmissions
-                // may use up to the whole target rate): str0m's default
-                // stops resending above 15 % of the bytes, which on a lossy
-                // uplink drops most of what the SFU asks for.
-                if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(out.mid, None) {
-                    tx.set_rtx_cache(1024, Duration::from_secs(3), None);
-                }
-                pt
-            }
+        let media = Media {
+            timestamp: p.timestamp,
+            marker: p.marker,
+            payload: p.payload.to_vec(),
+            ext: ExtensionValues::default(),
+            // str0m keeps what it can resend: video (RTX), and Opus (NACK
+            // without RTX, see `codec::rtc_config`).
+            nackable: true,
         };
-        let seq: SeqNo = out.next_seq.into();
-        out.next_seq += 1;
-        let mid = out.mid;
-        let mut api = self.rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-            return;
-        };
-        tx.write_rtp(
-            RtpWrite::new(pt, seq, p.timestamp, Instant::now(), p.payload)
-                .marker(p.marker)
-                // str0m keeps what it can resend: video (RTX), and Opus (NACK
-                // without RTX, see `codec::rtc_config`).
-                .nackable(true),
-        );
+        let plan = self.uplink.plan(self.protection);
+        out.write(&mut self.rtc, Instant::now(), media, &plan);
+    }
+
+    /// Writes the video FEC due for what str0m sent since the last call.
+    /// Returns true if there was any (str0m then needs a tick to send it).
+    fn write_fec(&mut self) -> bool {
+        let now = Instant::now();
+        let mut wrote = false;
+        for out in self.outgoing.values_mut() {
+            wrote |= out.write_fec(&mut self.rtc, now) > 0;
+        }
+        wrote
     }
 
     fn chat(&mut self, text: &str) {

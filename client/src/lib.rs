@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use meridian_sfu::core::publish::Protection;
 pub use meridian_signaling::protocol::{ClientMsg, ServerMsg};
 use str0m::format::Codec;
 pub use str0m::media::{MediaKind, Mid};
@@ -82,6 +83,11 @@ pub struct ClientConfig {
     /// Send media to this address instead of the server's ICE candidates
     /// (a UDP proxy in front of the server, e.g. `meridian netsim`).
     pub udp_via: Option<std::net::SocketAddr>,
+    /// How published media is protected against uplink loss: by default it
+    /// follows the loss the server's transport feedback shows (audio RED up
+    /// to three earlier packets, video ULPFEC); `Protection::Fixed` sends
+    /// as Chrome does, or nothing.
+    pub protection: Protection,
 }
 
 impl ClientConfig {
@@ -101,6 +107,7 @@ impl ClientConfig {
             auto_subscribe: true,
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             udp_via: None,
+            protection: Protection::Adaptive,
         }
     }
 
@@ -117,6 +124,11 @@ impl ClientConfig {
 
     pub fn video_codec(mut self, c: VideoCodec) -> Self {
         self.video_codec = c;
+        self
+    }
+
+    pub fn protection(mut self, p: Protection) -> Self {
+        self.protection = p;
         self
     }
 

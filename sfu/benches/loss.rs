@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use meridian_netsim::LinkConfig;
 use meridian_sfu::core::fec::FEC_FROM_LOSS;
+use meridian_sfu::core::publish::Protection;
 use meridian_sfu::core::{MediaKind, ResendPolicy};
 use meridian_sfu::sim::{ClientId, SimConfig, SimNet};
 
@@ -52,6 +53,12 @@ enum Mode {
     /// node, ULPFEC video from the node and (uplink rows, where the link
     /// loses ≥ 2 %) from the publisher.
     NackFec,
+    /// Uplink rows: NACK + FEC from a publisher that protects as
+    /// `meridian-client` does (`core::publish`, `Protection::Adaptive`):
+    /// RED audio with up to three earlier packets and ULPFEC video carried
+    /// across frames, both following the loss the node's transport
+    /// feedback shows, which the publisher measures itself.
+    NackFecAdaptive,
 }
 
 impl Mode {
@@ -60,6 +67,7 @@ impl Mode {
             Mode::None => "none",
             Mode::Nack => "NACK",
             Mode::NackFec => "NACK + FEC",
+            Mode::NackFecAdaptive => "NACK + adaptive FEC",
         }
     }
 }
@@ -72,6 +80,8 @@ struct Row {
     added_p50: Duration,
     added_p95: Duration,
     overhead: Option<f64>,
+    /// RTP bytes the publisher sent while measuring (SRTP datagrams).
+    uplink_bytes: u64,
 }
 
 /// A media source that tags every payload with a unique id (its last 8 bytes).
@@ -162,10 +172,10 @@ fn run(
         delay: HOP,
         resend: match mode {
             Mode::None => None,
-            Mode::Nack | Mode::NackFec => Some(ResendPolicy::default()),
+            Mode::Nack | Mode::NackFec | Mode::NackFecAdaptive => Some(ResendPolicy::default()),
         },
-        audio_red: mode == Mode::NackFec,
-        video_fec: mode == Mode::NackFec,
+        audio_red: matches!(mode, Mode::NackFec | Mode::NackFecAdaptive),
+        video_fec: matches!(mode, Mode::NackFec | Mode::NackFecAdaptive),
         // LOSS_BENCH_FLEXFEC=1: the clients negotiate FlexFEC (as Chrome 156
         // does), so video FEC goes as FlexFEC instead of ULPFEC in RED.
         client_flexfec: std::env::var_os("LOSS_BENCH_FLEXFEC").is_some(),
@@ -177,16 +187,21 @@ fn run(
     if mode == Mode::None {
         sim.client_mut(publisher).retransmits = false;
     }
-    if mode == Mode::NackFec {
-        // As Chrome sends Opus when RED is negotiated.
-        sim.client_mut(publisher).red_blocks = 1;
-        // And VP8 when ULPFEC is: with FEC after each frame once its
-        // transport feedback shows loss. The sim publisher does not
-        // estimate; it is given the link's average loss (a publisher whose
-        // estimate is right), with the node's own threshold.
-        if dir == Dir::Up {
-            sim.client_mut(publisher).video_fec_loss = (loss >= FEC_FROM_LOSS).then_some(loss);
+    match mode {
+        Mode::NackFec => {
+            sim.client_mut(publisher).protection = Protection::Fixed {
+                // As Chrome sends Opus when RED is negotiated.
+                red_blocks: 1,
+                // And VP8 when ULPFEC is: with FEC after each frame once its
+                // transport feedback shows loss. This publisher does not
+                // estimate; it is given the link's average loss (a
+                // publisher whose estimate is right), with the node's own
+                // threshold.
+                fec_loss: (dir == Dir::Up && loss >= FEC_FROM_LOSS).then_some(loss),
+            };
         }
+        Mode::NackFecAdaptive => sim.client_mut(publisher).protection = Protection::Adaptive,
+        Mode::None | Mode::Nack => {}
     }
     let link = LinkConfig {
         delay: rtt / 2,
@@ -227,11 +242,13 @@ fn run(
     src.sent.clear();
     let before = sim.stats();
     let received_before = sim.received(sub).len();
+    let uplink_before = sim.client(publisher).rtp_bytes_sent;
     media_until(
         &mut sim,
         &mut src,
         start + WARMUP + Duration::from_secs(secs),
     );
+    let uplink_bytes = sim.client(publisher).rtp_bytes_sent - uplink_before;
     // Let the last retransmissions arrive.
     sim.run_for(Duration::from_secs(2));
 
@@ -312,6 +329,7 @@ fn run(
         added_p95: percentile(&delays, 0.95),
         overhead: (dir == Dir::Down && mode != Mode::None)
             .then(|| recovery_bytes as f64 / media_bytes.max(1) as f64),
+        uplink_bytes,
     }
 }
 
@@ -348,7 +366,14 @@ fn main() {
     for &dir in &dirs {
         for rtt in [Duration::from_millis(50), Duration::from_millis(150)] {
             for (name, profile, loss) in &profiles {
-                for mode in [Mode::None, Mode::Nack, Mode::NackFec] {
+                let modes: &[Mode] = match dir {
+                    Dir::Down => &[Mode::None, Mode::Nack, Mode::NackFec],
+                    Dir::Up => &[Mode::None, Mode::Nack, Mode::NackFec, Mode::NackFecAdaptive],
+                };
+                // The publisher's bytes with no recovery, for the uplink
+                // rows' overhead: what the others sent beyond it.
+                let mut plain_uplink: Option<u64> = None;
+                for &mode in modes {
                     let label = format!(
                         "{}/{}/{name}/{}",
                         if dir == Dir::Down { "down" } else { "up" },
@@ -362,7 +387,14 @@ fn main() {
                             continue;
                         }
                     }
-                    let r = run(dir, rtt, (profile, *loss), mode, secs, 7);
+                    let mut r = run(dir, rtt, (profile, *loss), mode, secs, 7);
+                    if dir == Dir::Up {
+                        if mode == Mode::None {
+                            plain_uplink = Some(r.uplink_bytes);
+                        } else if let Some(plain) = plain_uplink {
+                            r.overhead = Some(r.uplink_bytes as f64 / plain.max(1) as f64 - 1.0);
+                        }
+                    }
                     println!(
                         "| {} | {} ms | {} | {} | {:.2} % | {:.2} % | {:.2} % | {:.2} % | {} ms | {} ms | {} |",
                         if dir == Dir::Down { "down" } else { "up" },

@@ -19,7 +19,6 @@
 //! DTLS keys from the OS, so runs are deterministic in what the harness
 //! decides (loss, sequence bases, timing), not in those values.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,17 +28,17 @@ use rand::{Rng, SeedableRng};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{
-    Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, Simulcast,
-    SimulcastLayer,
+    Direction, KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Rid, Simulcast, SimulcastLayer,
 };
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+use str0m::rtp::ExtensionValues;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc};
 
 use meridian_netsim::{Link, LinkConfig};
 use str0m::rtp::RtpPacket;
 
-use crate::core::fec::{video_fec_pts, FecForm, FecReceiver, FlexfecReceiver, VideoFec};
+use crate::core::fec::{video_fec_pts, FecReceiver, FlexfecReceiver};
+use crate::core::publish::{Media, Plan, Protection, SendStream, UplinkLoss};
 
 use crate::core::{
     JoinKind, JoinRequest, MuteTarget, Node, NodeConfig, NodeEvent, NodeStats, Output, PeerId,
@@ -146,18 +145,6 @@ pub struct LinkStats {
 }
 
 #[derive(Debug)]
-struct Outgoing {
-    kind: MediaKind,
-    mid: Mid,
-    /// The simulcast layer, for a simulcast video m-line.
-    rid: Option<Rid>,
-    codec: Codec,
-    pt: Option<Pt>,
-    next_seq: u64,
-    /// Its ULPFEC encoder while the client sends video FEC.
-    fec: Option<VideoFec>,
-}
-
 /// One client peer: a str0m `Rtc` in RTP mode (full ICE, not lite).
 pub struct SimClient {
     pub rtc: Rtc,
@@ -174,7 +161,7 @@ pub struct SimClient {
     pub connected: bool,
     /// No longer driven (replaced by a reconnect, or closed by the test).
     pub closed: bool,
-    outgoing: Vec<Outgoing>,
+    outgoing: Vec<SendStream>,
     /// Receive m-lines the node added, in the order they appeared.
     pub recv_mids: Vec<(Mid, MediaKind)>,
     received: Vec<ReceivedPacket>,
@@ -211,24 +198,17 @@ pub struct SimClient {
     /// Video it publishes is kept for answering NACKs (str0m's RTX cache);
     /// off, the publisher never retransmits.
     pub retransmits: bool,
-    /// Audio it publishes goes as RED with this many earlier packets (as
-    /// Chrome sends Opus when RED is negotiated); 0: plain.
-    pub red_blocks: u8,
     /// Audio it sends carries this RFC 6464 level (-dBov, 0 = loudest) and
     /// the voice-activity flag; `None`: no level.
     pub audio_level: Option<(u8, bool)>,
-    /// Its last audio packets (timestamp, payload), for RED.
-    sent_audio: VecDeque<(u32, Vec<u8>)>,
-    /// Video it publishes goes in RED, each frame followed by ULPFEC
-    /// packets at the node's protection rate for this loss (as Chrome sends
-    /// VP8 when ULPFEC is negotiated, at the loss its transport feedback
-    /// shows); `None`: plain, no FEC (Chrome's default without ULPFEC).
-    pub video_fec_loss: Option<f32>,
+    /// How it protects what it publishes: fixed, as Chrome does (the
+    /// default: nothing), or following its uplink's loss, as
+    /// `meridian-client` does.
+    pub protection: Protection,
+    /// Its uplink's loss and RTT, from str0m's stats.
+    uplink: UplinkLoss,
     /// ULPFEC packets it sent.
     pub fec_sent: u64,
-    /// Round-trip time to the node, from its receiver reports (str0m's
-    /// egress stats); 100 ms until the first.
-    rtt: Duration,
     /// Video packets its ULPFEC decoder recovered.
     pub fec_recovered: u64,
     /// NACK messages received on its send streams (str0m's egress stats).
@@ -236,6 +216,8 @@ pub struct SimClient {
     /// RTP datagrams it transmitted, by SSRC (read from the SRTP header,
     /// which is in the clear), before its uplink could lose any.
     rtp_sent: std::collections::HashMap<u32, u64>,
+    /// Bytes of the RTP datagrams it transmitted (SRTP, all SSRCs).
+    pub rtp_bytes_sent: u64,
 }
 
 impl SimClient {
@@ -259,6 +241,11 @@ impl SimClient {
     /// NACK messages its send streams received (as of the last stats event).
     pub fn nacks_received(&self) -> u64 {
         self.nacks.values().sum()
+    }
+
+    /// The protection its next packets get.
+    pub fn uplink_plan(&self) -> Plan {
+        self.uplink.plan(self.protection)
     }
 
     /// RTP datagrams it transmitted with `ssrc`.
@@ -545,8 +532,7 @@ impl SimNet {
     pub fn set_video_codec(&mut self, id: ClientId, codec: Codec) {
         for out in &mut self.clients[id.0].outgoing {
             if out.kind == MediaKind::Video {
-                out.codec = codec;
-                out.pt = None;
+                out.set_codec(codec);
             }
         }
     }
@@ -767,16 +753,8 @@ impl SimNet {
                 };
                 for rid in layers {
                     // A random base per session, as a browser picks one.
-                    let next_seq = self.rng.random_range(1..u16::MAX) as u64;
-                    outgoing.push(Outgoing {
-                        kind,
-                        mid,
-                        rid,
-                        codec,
-                        pt: None,
-                        next_seq,
-                        fec: None,
-                    });
+                    let first_seq = self.rng.random_range(1..u16::MAX) as u64;
+                    outgoing.push(SendStream::new(kind, mid, rid, codec, first_seq));
                 }
             }
         }
@@ -827,15 +805,14 @@ impl SimNet {
             hold_offers: false,
             held_offers: Vec::new(),
             retransmits: true,
-            red_blocks: 0,
             audio_level: None,
-            sent_audio: VecDeque::new(),
-            video_fec_loss: None,
+            protection: Protection::default(),
+            uplink: UplinkLoss::new(),
             fec_sent: 0,
-            rtt: Duration::from_millis(100),
             fec_recovered: 0,
             nacks: Default::default(),
             rtp_sent: Default::default(),
+            rtp_bytes_sent: 0,
         });
         self.drain_client(id);
         self.drain_node();
@@ -914,159 +891,41 @@ impl SimNet {
             .iter_mut()
             .find(|o| o.kind == kind && (rid.is_none() || o.rid == rid))
             .expect("the client publishes this kind (and layer)");
-        let rid = out.rid;
-        let pt = match out.pt {
-            Some(pt) => pt,
-            None => {
-                let pt = crate::core::codec::negotiated_pt(&c.rtc, out.mid, out.codec)
-                    .expect("the codec was negotiated");
-                out.pt = Some(pt);
-                // Answer every NACK, as browsers do: str0m's default stops
-                // resending above 15 % of the bytes, which would make the
-                // client, not the node, the limit on lossy uplinks.
-                if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(out.mid, rid) {
-                    tx.set_rtx_cache(1024, Duration::from_secs(3), None);
-                }
-                pt
-            }
-        };
-        let seq = out.next_seq;
-        out.next_seq += 1;
-        let mid = out.mid;
-        let mut wire_pt = pt;
-        let mut body = payload.to_vec();
-        if kind == MediaKind::Audio && c.red_blocks > 0 {
-            let red_pt = c
-                .rtc
-                .codec_config()
-                .params()
-                .iter()
-                .find(|p| p.pt() == pt)
-                .and_then(|p| p.red());
-            if let Some(red_pt) = red_pt {
-                let blocks: Vec<meridian_fec::red::RedBlock<'_>> = c
-                    .sent_audio
-                    .iter()
-                    .rev()
-                    .take(c.red_blocks as usize)
-                    .rev()
-                    .map(|(ts, p)| meridian_fec::red::RedBlock {
-                        pt: *pt,
-                        ts_offset: timestamp.wrapping_sub(*ts) as u16,
-                        payload: p,
-                    })
-                    .collect();
-                let mut red = Vec::new();
-                if meridian_fec::red::encode(*pt, payload, &blocks, &mut red).is_ok() {
-                    body = red;
-                    wire_pt = red_pt;
-                }
-            }
-            c.sent_audio.push_back((timestamp, payload.to_vec()));
-            if c.sent_audio.len() > 4 {
-                c.sent_audio.pop_front();
-            }
-        }
-        // Video with FEC: RED-wrapped, its FEC due after the frame.
-        let fec_loss = c.video_fec_loss.filter(|_| kind == MediaKind::Video);
-        let flexfec = self.config.client_flexfec;
-        if let Some(loss) = fec_loss {
-            if out.fec.is_none() {
-                // FlexFEC where the client negotiated it (as Chrome with
-                // its FlexFEC field trial sends), else ULPFEC in RED.
-                out.fec = if flexfec {
-                    VideoFec::for_mline(&mut c.rtc, mid)
-                } else {
-                    VideoFec::ulpfec_for_mline(&c.rtc, mid)
-                };
-                // libwebrtc protects each frame alone.
-                if let Some(f) = out.fec.as_mut() {
-                    f.set_carried_frames(0);
-                }
-                if let Some(tx) = c.rtc.direct_api().stream_tx_by_mid(mid, rid) {
-                    tx.set_tap(true);
-                }
-            }
-            if let Some(f) = out.fec.as_mut() {
-                f.active = true;
-                if let Some(red_pt) = f.red_pt() {
-                    body.insert(0, *wire_pt);
-                    wire_pt = red_pt;
-                }
-                let n = f.on_media(marker, loss, c.rtt);
-                f.add_job(seq, n, timestamp);
-            }
-        }
         let mut ext = ExtensionValues::default();
         if let (MediaKind::Audio, Some((level, voice))) = (kind, c.audio_level) {
             ext.audio_level = Some(-(level.min(127) as i8));
             ext.voice_activity = Some(voice);
         }
-        let mut api = c.rtc.direct_api();
-        let tx = api
-            .stream_tx_by_mid(mid, rid)
-            .expect("a send stream for the m-line");
-        tx.write_rtp(
-            RtpWrite::new(wire_pt, SeqNo::from(seq), timestamp, now, body)
-                .ext_vals(ext)
-                .marker(marker)
-                .nackable(c.retransmits),
-        );
+        let media = Media {
+            timestamp,
+            marker,
+            payload: payload.to_vec(),
+            ext,
+            nackable: c.retransmits,
+        };
+        let plan = c.uplink.plan(c.protection);
+        let seq = out
+            .write(&mut c.rtc, now, media, &plan)
+            .expect("the codec was negotiated");
         // str0m sends written RTP on the next tick.
         if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
             c.errors.push(e.to_string());
         }
         self.drain_client(id);
-        if fec_loss.is_some() {
-            self.send_publisher_fec(id, mid, rid);
+        // Video FEC for what went out (a frame's, after its last packet).
+        let c = &mut self.clients[id.0];
+        let mut fec = 0;
+        for out in c.outgoing.iter_mut().filter(|o| o.kind == MediaKind::Video) {
+            fec += out.write_fec(&mut c.rtc, now);
+        }
+        if fec > 0 {
+            c.fec_sent += fec as u64;
+            if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
+                c.errors.push(e.to_string());
+            }
+            self.drain_client(id);
         }
         seq
-    }
-
-    /// The client's ULPFEC packets for what it just sent (the frame's, once
-    /// its last packet went out), on the next sequence numbers.
-    fn send_publisher_fec(&mut self, id: ClientId, mid: Mid, rid: Option<Rid>) {
-        let now = self.now;
-        let c = &mut self.clients[id.0];
-        let Some(out) = c.outgoing.iter_mut().find(|o| o.mid == mid && o.rid == rid) else {
-            return;
-        };
-        let Some(f) = out.fec.as_mut() else {
-            return;
-        };
-        let mut api = c.rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(mid, rid) else {
-            return;
-        };
-        let mut fec = Vec::new();
-        while let Some(bytes) = tx.poll_tap() {
-            f.on_tapped(bytes, &mut fec);
-        }
-        if fec.is_empty() {
-            return;
-        }
-        for p in fec {
-            c.fec_sent += 1;
-            let red_pt = match f.form {
-                FecForm::Ulpfec { red_pt, .. } => red_pt,
-                FecForm::Flexfec { pt } => {
-                    tx.write_fec(RtpWrite::new(pt, 0.into(), p.ts, now, p.payload.to_vec()));
-                    continue;
-                }
-            };
-            let seq = out.next_seq;
-            out.next_seq += 1;
-            // Not kept for NACKs: by the time a retransmission came, the
-            // packets it protects would have been retransmitted themselves.
-            tx.write_rtp(
-                RtpWrite::new(red_pt, SeqNo::from(seq), p.ts, now, p.payload.to_vec())
-                    .nackable(false),
-            );
-        }
-        if let Err(e) = c.rtc.handle_input(Input::Timeout(now)) {
-            c.errors.push(e.to_string());
-        }
-        self.drain_client(id);
     }
 
     /// The subscriber's str0m sends a PLI for the stream it receives on `mid`.
@@ -1302,6 +1161,7 @@ impl SimNet {
                     }
                     self.link.to_node += 1;
                     if is_rtp(&t.contents) {
+                        c.rtp_bytes_sent += t.contents.len() as u64;
                         if let Some(ssrc) = t.contents.get(8..12) {
                             let ssrc = u32::from_be_bytes([ssrc[0], ssrc[1], ssrc[2], ssrc[3]]);
                             *c.rtp_sent.entry(ssrc).or_default() += 1;
@@ -1326,8 +1186,11 @@ impl SimNet {
                     Event::MediaEgressStats(s) => {
                         c.nacks.insert(s.mid, s.nacks);
                         if let Some(rtt) = s.rtt {
-                            c.rtt = rtt;
+                            c.uplink.on_rtt(rtt);
                         }
+                    }
+                    Event::PeerStats(s) => {
+                        c.uplink.on_peer_stats(now, s.egress_loss_fraction);
                     }
                     Event::RtpPacket(pkt) => {
                         let ssrc = pkt.header.ssrc;

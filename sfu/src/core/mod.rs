@@ -14,6 +14,7 @@ pub mod forward;
 pub mod history;
 pub mod ids;
 pub mod keyframe;
+pub mod publish;
 pub mod redundancy;
 pub mod rewrite;
 pub mod simulcast;
