@@ -179,6 +179,8 @@ pub struct SendStream {
     ts: Option<(u32, u64)>,
     /// Video: the FEC encoder, once FEC was asked for and is negotiated.
     fec: Option<VideoFec>,
+    /// FEC was asked for but the m-line negotiated none (not asked again).
+    no_fec: bool,
     /// FEC packets sent.
     pub fec_sent: u64,
 }
@@ -197,6 +199,7 @@ impl SendStream {
             recent: AudioRecent::default(),
             ts: None,
             fec: None,
+            no_fec: false,
             fec_sent: 0,
         }
     }
@@ -305,11 +308,15 @@ impl SendStream {
         loss: f32,
         plan: &Plan,
     ) -> Option<Pt> {
-        if self.fec.is_none() {
+        if self.fec.is_none() && !self.no_fec {
             // ULPFEC in RED where negotiated, else FlexFEC.
-            let mut f = VideoFec::for_mline(rtc, self.mid)?;
-            f.set_carried_frames(plan.carried_frames);
-            self.fec = Some(f);
+            match VideoFec::for_mline(rtc, self.mid) {
+                Some(mut f) => {
+                    f.set_carried_frames(plan.carried_frames);
+                    self.fec = Some(f);
+                }
+                None => self.no_fec = true,
+            }
         }
         let f = self.fec.as_mut()?;
         if f.update(loss) {
