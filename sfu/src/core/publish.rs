@@ -233,6 +233,8 @@ impl SendStream {
     /// serialized it: call [`SendStream::write_fec`] after polling str0m.
     pub fn write(&mut self, rtc: &mut Rtc, now: Instant, m: Media, plan: &Plan) -> Option<u64> {
         let pt = self.pt(rtc)?;
+        // Before any state below counts the packet as sent.
+        rtc.direct_api().stream_tx_by_mid(self.mid, self.rid)?;
         let seq = self.next_seq;
         let mut wire_pt = pt;
         let mut body = m.payload;
@@ -274,6 +276,8 @@ impl SendStream {
         self.ts = Some((ts, ext_ts));
         let payload: Arc<[u8]> = payload.into();
         self.recent.push(seq, ext_ts, payload.clone());
+        // str0m keeps a codec's RED payload type only where the remote
+        // offered or accepted it (a WHIP server may not).
         let red_pt = (blocks > 0)
             .then(|| {
                 rtc.codec_config()
