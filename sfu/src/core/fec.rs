@@ -537,18 +537,11 @@ impl FlexfecReceiver {
 }
 
 impl VideoFec {
-    /// For a subscriber's video m-line, if it negotiated `red/90000` and
-    /// `ulpfec/90000`.
+    /// For a video m-line that negotiated `red/90000` and `ulpfec/90000`
+    /// (ULPFEC in RED), else `flexfec-03` ([`fec_form`]): a subscriber's,
+    /// or one our client publishes on.
     pub fn for_mline(rtc: &mut str0m::Rtc, mid: str0m::media::Mid) -> Option<Self> {
         let form = fec_form(rtc, mid)?;
-        VideoFec::new(form, mutable_extension_ids(rtc, mid))
-    }
-
-    /// ULPFEC in RED on `mid`, if negotiated, whatever else is: what a
-    /// publisher such as Chrome sends.
-    pub fn ulpfec_for_mline(rtc: &str0m::Rtc, mid: str0m::media::Mid) -> Option<Self> {
-        let (red_pt, ulpfec_pt) = video_fec_pts(rtc, mid)?;
-        let form = FecForm::Ulpfec { red_pt, ulpfec_pt };
         VideoFec::new(form, mutable_extension_ids(rtc, mid))
     }
 }
