@@ -13,8 +13,12 @@
 //! For each row: media packets delivered in time for a 200 ms-deep jitter
 //! buffer (arrival ≤ path delay + 200 ms after the publisher sent it), all
 //! delivered, and the latency added by recovery (arrival − path delay, p50
-//! and p95 over delivered packets), plus what recovery cost (retransmitted
-//! payload bytes / media payload bytes forwarded, downlink only).
+//! and p95 over delivered packets), plus what recovery cost: downlink,
+//! retransmitted and FEC payload bytes / media payload bytes forwarded;
+//! uplink, the publisher's RTP bytes beyond those of the row without
+//! recovery. Uplink rows also run a publisher that protects as
+//! `meridian-client` does (`NACK + adaptive FEC`), beside the Chrome-like
+//! one (`NACK + FEC`).
 //!
 //! `cargo bench -p meridian-sfu --bench loss` prints the table as markdown
 //! (`-- --quick` runs 5 s per row instead of 60 s: at 10 % loss a 0.1 % miss is a handful of packets, and 20 s rows moved by that much from one change to the next).
