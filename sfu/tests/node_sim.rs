@@ -182,6 +182,11 @@ fn film(sim: &mut SimNet, cam: &mut Camera, dur: Duration) {
     drive(sim, Some(cam), None, dur, |_, _| {});
 }
 
+/// Runs `sim` for `dur` with `cam` and `mic` sending.
+fn film_and_talk(sim: &mut SimNet, cam: &mut Camera, mic: &mut Mic, dur: Duration) {
+    drive(sim, Some(cam), Some(mic), dur, |_, _| {});
+}
+
 fn of_kind(sim: &SimNet, c: ClientId, kind: MediaKind) -> Vec<ReceivedPacket> {
     sim.received(c)
         .iter()
@@ -320,13 +325,7 @@ fn fan_out_to_three_subscribers() {
     let (publisher, subs) = room(&mut sim, 3, true);
     let mut cam = Camera::new(publisher, 1, 1_000, 0);
     let mut mic = Mic::new(publisher, 1, 7_000);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        Some(&mut mic),
-        Duration::from_secs(3),
-        |_, _| {},
-    );
+    film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(3));
     sim.run_for(Duration::from_millis(200));
     assert!(cam.sent[0].keyframe);
 
@@ -411,13 +410,7 @@ fn publisher_reconnect_is_seamless_for_subscribers() {
     let (old, subs) = room(&mut sim, 2, true);
     let mut cam = Camera::new(old, 1, 4_000_000_000, 0);
     let mut mic = Mic::new(old, 1, 123_456);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        Some(&mut mic),
-        Duration::from_secs(2),
-        |_, _| {},
-    );
+    film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(2));
     let before: Vec<(Vec<ReceivedPacket>, Vec<ReceivedPacket>)> = subs
         .iter()
         .map(|s| {
@@ -511,7 +504,7 @@ fn mute_and_unmute_keep_sequence_continuous() {
     let mut cam = Camera::new(publisher, 1, 0, 0);
     let mut mic = Mic::new(publisher, 1, 0);
     let second = Duration::from_secs(1);
-    drive(&mut sim, Some(&mut cam), Some(&mut mic), second, |_, _| {});
+    film_and_talk(&mut sim, &mut cam, &mut mic, second);
     let before: Vec<usize> = subs
         .iter()
         .map(|s| of_kind(&sim, *s, MediaKind::Video).len())
@@ -519,14 +512,14 @@ fn mute_and_unmute_keep_sequence_continuous() {
     sim.run_for(Duration::from_millis(50));
     sim.set_muted(publisher, MediaKind::Video, true);
     sim.set_muted(publisher, MediaKind::Audio, true);
-    drive(&mut sim, Some(&mut cam), Some(&mut mic), second, |_, _| {});
+    film_and_talk(&mut sim, &mut cam, &mut mic, second);
     // The publisher replaces its tracks while muted: new timestamp bases.
     cam.ts = cam.ts.wrapping_add(1_234_567);
     mic.ts = mic.ts.wrapping_add(7_654_321);
-    drive(&mut sim, Some(&mut cam), Some(&mut mic), second, |_, _| {});
+    film_and_talk(&mut sim, &mut cam, &mut mic, second);
     sim.set_muted(publisher, MediaKind::Video, false);
     sim.set_muted(publisher, MediaKind::Audio, false);
-    drive(&mut sim, Some(&mut cam), Some(&mut mic), second, |_, _| {});
+    film_and_talk(&mut sim, &mut cam, &mut mic, second);
     sim.run_for(Duration::from_millis(200));
 
     assert!(sim.stats().drops.get(DropReason::Muted) > 0);
@@ -653,13 +646,7 @@ fn departed_subscriber_address_is_evicted() {
     let (gone, stays) = (subs[0], subs[1]);
     let mut cam = Camera::new(publisher, 1, 0, 0);
     let mut mic = Mic::new(publisher, 1, 0);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        Some(&mut mic),
-        Duration::from_secs(1),
-        |_, _| {},
-    );
+    film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(1));
     let unknown_before = sim.stats().drops.get(DropReason::UnknownSource);
     assert_eq!(unknown_before, 0);
 
@@ -673,13 +660,7 @@ fn departed_subscriber_address_is_evicted() {
     for i in 0..5u8 {
         sim.inject_to_node(gone, vec![0x80, 0x60, 0, i, 0, 0, 0, 1, 0, 0, 0, 2, 0xff]);
     }
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        Some(&mut mic),
-        Duration::from_secs(3),
-        |_, _| {},
-    );
+    film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(3));
     let st = sim.stats();
     let unknown = st.drops.get(DropReason::UnknownSource) - unknown_before;
     assert!(
@@ -864,21 +845,9 @@ fn red_protects_audio_towards_a_lossy_subscriber() {
     let mut mic = Mic::new(publisher, 2, 0);
     sim.set_downlink_loss(lossy, 0.10);
     // Adapting takes a loss sample (1 s of video NACKs).
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        Some(&mut mic),
-        Duration::from_secs(3),
-        |_, _| {},
-    );
+    film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(3));
     let from = mic.sent.len();
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        Some(&mut mic),
-        Duration::from_secs(10),
-        |_, _| {},
-    );
+    film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(10));
     sim.run_for(Duration::from_millis(500));
     let sent: HashSet<Vec<u8>> = mic.sent[from..].iter().map(|s| s.payload.clone()).collect();
     let got: HashSet<Vec<u8>> = of_kind(&sim, lossy, MediaKind::Audio)
@@ -987,16 +956,7 @@ fn adaptive_publisher_protection_follows_its_uplink_loss() {
         sim.client_mut(publisher).protection = protection;
         let mut cam = Camera::new(publisher, 1, 0, 0);
         let mut mic = Mic::new(publisher, 2, 0);
-        let media = |sim: &mut SimNet, cam: &mut Camera, mic: &mut Mic, secs: u64| {
-            drive(
-                sim,
-                Some(cam),
-                Some(mic),
-                Duration::from_secs(secs),
-                |_, _| {},
-            )
-        };
-        media(&mut sim, &mut cam, &mut mic, 3);
+        film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(3));
         let clean = (
             sim.client(publisher).uplink_plan(),
             sim.client(publisher).fec_sent,
@@ -1010,10 +970,10 @@ fn adaptive_publisher_protection_follows_its_uplink_loss() {
         sim.set_uplink(publisher, link.clone());
         sim.set_downlink(publisher, link);
         // The publisher's estimate (1 s of feedback) and the node's RTT.
-        media(&mut sim, &mut cam, &mut mic, 4);
+        film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(4));
         let lossy = sim.client(publisher).uplink_plan();
         let (v0, a0) = (cam.sent.len(), mic.sent.len());
-        media(&mut sim, &mut cam, &mut mic, 20);
+        film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(20));
         sim.run_for(Duration::from_secs(1));
         let deadline = half_rtt + sim.default_link().delay + Duration::from_millis(200);
         let video = in_time(&sim, sub, MediaKind::Video, &cam.sent[v0..], deadline);
@@ -1418,13 +1378,7 @@ fn nack_red_and_fec_together_over_lossy_uplink_and_downlink() {
     sim.set_uplink_loss(lossy, 0.10);
     let mut cam = Camera::new(publisher, 1, 0, 0);
     let mut mic = Mic::new(publisher, 2, 0);
-    drive(
-        &mut sim,
-        Some(&mut cam),
-        Some(&mut mic),
-        Duration::from_secs(12),
-        |_, _| {},
-    );
+    film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(12));
     sim.run_for(Duration::from_secs(1));
     let stats = sim.stats();
     assert!(stats.fec_packets > 0 && stats.nack.resent > 0, "{stats:?}");
@@ -1507,16 +1461,7 @@ fn publisher_survives_an_ice_outage_and_is_removed_after_a_long_one() {
     let sub = subs[0];
     let mut cam = Camera::new(publisher, 1, 0, 0);
     let mut mic = Mic::new(publisher, 1, 0);
-    let run = |sim: &mut SimNet, cam: &mut Camera, mic: &mut Mic, secs: u64| {
-        drive(
-            sim,
-            Some(cam),
-            Some(mic),
-            Duration::from_secs(secs),
-            |_, _| {},
-        )
-    };
-    run(&mut sim, &mut cam, &mut mic, 2);
+    film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(2));
     let clean = sim.default_link();
     let dead = meridian_netsim::LinkConfig {
         loss: 1.0,
@@ -1528,10 +1473,10 @@ fn publisher_survives_an_ice_outage_and_is_removed_after_a_long_one() {
     };
 
     outage(&mut sim, &dead);
-    run(&mut sim, &mut cam, &mut mic, 14);
+    film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(14));
     outage(&mut sim, &clean);
     let before = of_kind(&sim, sub, MediaKind::Video).len();
-    run(&mut sim, &mut cam, &mut mic, 5);
+    film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(5));
     let after = of_kind(&sim, sub, MediaKind::Video).len();
     let peer = sim.client(publisher).peer;
     assert!(
@@ -1545,7 +1490,7 @@ fn publisher_survives_an_ice_outage_and_is_removed_after_a_long_one() {
     );
 
     outage(&mut sim, &dead);
-    run(&mut sim, &mut cam, &mut mic, 35);
+    film_and_talk(&mut sim, &mut cam, &mut mic, Duration::from_secs(35));
     assert!(
         sim.gone()
             .iter()

@@ -214,16 +214,18 @@ impl SendStream {
     /// time, the stream is also set to answer every NACK, as libwebrtc does
     /// (its retransmissions may use up to the whole target rate): str0m's
     /// default stops resending above 15 % of the bytes, which on a lossy
-    /// uplink would drop most of what the SFU asks for.
+    /// uplink would drop most of what the SFU asks for. `None` until the
+    /// codec is negotiated and str0m has the send stream.
     pub fn pt(&mut self, rtc: &mut Rtc) -> Option<Pt> {
         if let Some(pt) = self.pt {
             return Some(pt);
         }
         let pt = negotiated_pt(rtc, self.mid, self.codec)?;
+        // Not ready before str0m has the send stream (`write` counts on it).
+        let mut api = rtc.direct_api();
+        let tx = api.stream_tx_by_mid(self.mid, self.rid)?;
+        tx.set_rtx_cache(1024, Duration::from_secs(3), None);
         self.pt = Some(pt);
-        if let Some(tx) = rtc.direct_api().stream_tx_by_mid(self.mid, self.rid) {
-            tx.set_rtx_cache(1024, Duration::from_secs(3), None);
-        }
         Some(pt)
     }
 
@@ -232,9 +234,9 @@ impl SendStream {
     /// m-line has no send stream. Video FEC for it follows once str0m has
     /// serialized it: call [`SendStream::write_fec`] after polling str0m.
     pub fn write(&mut self, rtc: &mut Rtc, now: Instant, m: Media, plan: &Plan) -> Option<u64> {
+        // Once `pt` is known the send stream exists, so the state below
+        // counts only packets that are written.
         let pt = self.pt(rtc)?;
-        // Before any state below counts the packet as sent.
-        rtc.direct_api().stream_tx_by_mid(self.mid, self.rid)?;
         let seq = self.next_seq;
         let mut wire_pt = pt;
         let mut body = m.payload;
