@@ -942,6 +942,11 @@ pub struct Rtc {
     // Last timeout returned by `poll_output`, reused while the readiness says
     // the timeout is still valid.
     cached_timeout: Instant,
+    // MERIDIAN PATCH (datagram-streak): the readiness generation at which
+    // the last `poll_output` walked the whole tree and returned an RTP/RTCP
+    // datagram from the session. While nothing wakes the tree, every stage
+    // before the session's datagrams is known to be empty.
+    datagram_streak: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1319,6 +1324,7 @@ impl Rtc {
             close_dtls_started: false,
             readiness: Readiness::armed(),
             cached_timeout: start,
+            datagram_streak: None,
         })
     }
 
@@ -1637,6 +1643,34 @@ impl Rtc {
             return Ok(Some(Output::Timeout(self.poll_timeout())));
         }
 
+        // MERIDIAN PATCH (datagram-streak): the last call walked the tree,
+        // found every stage before the session's datagrams empty and
+        // returned one of those; nothing has been fed in or changed through
+        // the API since (the readiness generation is the same), and making a
+        // datagram queues nothing for the earlier stages (raw packet capture
+        // aside). So the rest of a burst comes straight from the session, and
+        // its end straight to the timeout, instead of a walk per packet
+        // (ICE, DTLS, SCTP, session events, stats).
+        if self.datagram_streak == Some(self.readiness.generation())
+            && !self.session.captures_raw_packets()
+        {
+            if let Some(send) = &self.send_addr {
+                if let Some(contents) = self.session.poll_datagram(self.last_now) {
+                    let t = net::Transmit {
+                        proto: send.proto,
+                        source: send.source,
+                        destination: send.destination,
+                        contents,
+                    };
+                    return Ok(Some(Output::Transmit(t)));
+                }
+            }
+            self.datagram_streak = None;
+            self.readiness.clear_events();
+            return Ok(Some(Output::Timeout(self.poll_timeout())));
+        }
+        self.datagram_streak = None;
+
         while let Some(e) = self.ice.poll_event() {
             match e {
                 IceAgentEvent::IceRestart(_) => {
@@ -1877,9 +1911,16 @@ impl Rtc {
 
         if let Some(send) = &self.send_addr {
             // These can only be sent after we got an ICE connection.
-            let datagram = None
-                .or_else(|| self.dtls.poll_packet())
-                .or_else(|| self.session.poll_datagram(self.last_now));
+            let datagram = match self.dtls.poll_packet() {
+                Some(d) => Some(d),
+                None => {
+                    let d = self.session.poll_datagram(self.last_now);
+                    if d.is_some() {
+                        self.datagram_streak = Some(self.readiness.generation());
+                    }
+                    d
+                }
+            };
 
             if let Some(contents) = datagram {
                 let t = net::Transmit {

@@ -151,6 +151,10 @@ impl Drop for Mutation<'_> {
 pub(crate) struct Readiness {
     events: bool,
     timeout: bool,
+    // MERIDIAN PATCH (datagram-streak): counts every wake, narrowed or not,
+    // so `poll_output` can tell that nothing touched the tree since it last
+    // walked it.
+    generation: u64,
 }
 
 impl Readiness {
@@ -159,7 +163,13 @@ impl Readiness {
         Readiness {
             events: true,
             timeout: true,
+            generation: 0,
         }
+    }
+
+    /// Changes whenever anything woke the tree (see `generation`).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub(crate) fn wants_events(&self) -> bool {
@@ -219,6 +229,7 @@ impl Drop for Wake<'_> {
     fn drop(&mut self) {
         self.readiness.events |= self.events;
         self.readiness.timeout |= self.timeout;
+        self.readiness.generation = self.readiness.generation.wrapping_add(1);
     }
 }
 
@@ -228,6 +239,7 @@ impl Readiness {
         Self {
             events: false,
             timeout: false,
+            generation: 0,
         }
     }
 }
@@ -327,7 +339,11 @@ mod tests {
     fn narrowing_preserves_other_operations() {
         for events in [false, true] {
             for timeout in [false, true] {
-                let mut readiness = Readiness { events, timeout };
+                let mut readiness = Readiness {
+                    events,
+                    timeout,
+                    generation: 0,
+                };
                 {
                     let mut wake = readiness.wake();
                     wake.no_events();

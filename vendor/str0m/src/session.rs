@@ -1215,6 +1215,12 @@ impl Session {
         self.srtp_rx.is_some() && self.srtp_tx.is_some()
     }
 
+    /// MERIDIAN PATCH (datagram-streak): making a datagram queues an event
+    /// only when raw packets are captured.
+    pub fn captures_raw_packets(&self) -> bool {
+        self.raw_packets.is_some()
+    }
+
     pub fn poll_datagram(&mut self, now: Instant) -> Option<net::DatagramSend> {
         // Time must have progressed forward from start value.
         if now == already_happened() {

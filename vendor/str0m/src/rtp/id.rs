@@ -43,7 +43,13 @@ macro_rules! str_id {
             type Target = str;
 
             fn deref(&self) -> &Self::Target {
-                from_utf8(&self.0).expect("ascii id").trim()
+                // MERIDIAN PATCH (hot-path): ids are ASCII padded with
+                // spaces; trimming bytes skips `str::trim`'s Unicode scan
+                // (the MID is written into every packet sent).
+                let b = &self.0[..];
+                let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+                let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |i| i + 1);
+                from_utf8(&b[start..end]).expect("ascii id")
             }
         }
 
