@@ -19,6 +19,23 @@ macro_rules! str_id {
                 $id(arr)
             }
 
+            /// MERIDIAN PATCH (hot-path): the id without its padding, as
+            /// bytes. Ids are ASCII padded with spaces: trimming bytes skips
+            /// `str::trim`'s Unicode scan and UTF-8 validation (the MID is
+            /// written into every packet sent until the SSRC is acknowledged).
+            pub fn trimmed_bytes(&self) -> &[u8] {
+                let b = &self.0[..];
+                let start = b
+                    .iter()
+                    .position(|c| !c.is_ascii_whitespace())
+                    .unwrap_or(b.len());
+                let end = b
+                    .iter()
+                    .rposition(|c| !c.is_ascii_whitespace())
+                    .map_or(start, |i| i + 1);
+                &b[start..end]
+            }
+
             /// Converts an array of bytes to an id.
             pub const fn from_array(a: [u8; $num]) -> $id {
                 $id(a)
@@ -43,13 +60,7 @@ macro_rules! str_id {
             type Target = str;
 
             fn deref(&self) -> &Self::Target {
-                // MERIDIAN PATCH (hot-path): ids are ASCII padded with
-                // spaces; trimming bytes skips `str::trim`'s Unicode scan
-                // (the MID is written into every packet sent).
-                let b = &self.0[..];
-                let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-                let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |i| i + 1);
-                from_utf8(&b[start..end]).expect("ascii id")
+                from_utf8(self.trimmed_bytes()).expect("ascii id")
             }
         }
 

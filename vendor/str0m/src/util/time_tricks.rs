@@ -98,12 +98,11 @@ impl InstantExt for Instant {
             warn!("Time went backwards from beginning_of_time Instant");
         }
 
-        let duration_since_time_0 = self.duration_since(BEGINNING_OF_TIME.0);
-        let system_time = BEGINNING_OF_TIME.1 + duration_since_time_0;
-
-        system_time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .expect("clock to go forwards from unix epoch")
+        // MERIDIAN PATCH (hot-path): the beginning's own offset from the
+        // epoch is computed once (abs-send-time needs this per packet sent);
+        // adding durations is what the SystemTime arithmetic did.
+        static EPOCH_TO_BEGINNING: LazyLock<Duration> = LazyLock::new(epoch_to_beginning);
+        *EPOCH_TO_BEGINNING + self.duration_since(BEGINNING_OF_TIME.0)
     }
 
     fn to_ntp_duration(&self) -> Duration {
