@@ -962,6 +962,17 @@ struct SendAddr {
     destination: SocketAddr,
 }
 
+impl SendAddr {
+    fn transmit(&self, contents: net::DatagramSend) -> Output {
+        Output::Transmit(net::Transmit {
+            proto: self.proto,
+            source: self.source,
+            destination: self.destination,
+            contents,
+        })
+    }
+}
+
 /// Events produced by [`Rtc::poll_output()`].
 #[derive(Debug)]
 #[non_exhaustive]
@@ -1656,13 +1667,7 @@ impl Rtc {
         {
             if let Some(send) = &self.send_addr {
                 if let Some(contents) = self.session.poll_datagram(self.last_now) {
-                    let t = net::Transmit {
-                        proto: send.proto,
-                        source: send.source,
-                        destination: send.destination,
-                        contents,
-                    };
-                    return Ok(Some(Output::Transmit(t)));
+                    return Ok(Some(send.transmit(contents)));
                 }
             }
             self.datagram_streak = None;
@@ -1923,13 +1928,7 @@ impl Rtc {
             };
 
             if let Some(contents) = datagram {
-                let t = net::Transmit {
-                    proto: send.proto,
-                    source: send.source,
-                    destination: send.destination,
-                    contents,
-                };
-                return Ok(Some(Output::Transmit(t)));
+                return Ok(Some(send.transmit(contents)));
             }
         } else {
             // Don't allow accumulated feedback to build up indefinitely
